@@ -1,0 +1,348 @@
+//! The `signproxy` command line: `run`, `check` and `sign` (see the CLI contract in README.md).
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Args, Parser, Subcommand};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
+
+use crate::ca::CertificateAuthority;
+use crate::config::{self, Config};
+use crate::request::{prepare_head, unix_now};
+use crate::route::{route, Route};
+use crate::secret::Secret;
+use crate::sign::{https_authority, Signer};
+use crate::token::TokenSource;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "signproxy",
+    version,
+    about = "A local signing forward proxy for marketplace APIs"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Serve the proxy.
+    Run {
+        /// Config file (default: $SIGNPROXY_CONFIG, else ./signproxy.toml, else config/signproxy.toml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Validate the config and print the routes.
+    Check {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Manage the local CA used for HTTPS interception.
+    Ca {
+        #[command(subcommand)]
+        action: CaAction,
+    },
+    /// Print a request exactly as signproxy would send it upstream.
+    Sign(SignArgs),
+}
+
+#[derive(Subcommand, Debug)]
+enum CaAction {
+    /// Create the CA at [mitm] ca_cert/ca_key (default: under [proxy] state_dir).
+    Init {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Print the CA certificate (PEM) for clients to trust, creating the CA if needed.
+    Cert {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+/// Parses the process arguments and runs the subcommand.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run { config } => run(config),
+        Command::Check { config } => check(config),
+        Command::Ca { action } => ca(action),
+        Command::Sign(args) => sign(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn load(flag: Option<PathBuf>) -> Result<Config, String> {
+    Config::load(&config::resolve_path(flag.as_deref())).map_err(|e| e.to_string())
+}
+
+fn run(flag: Option<PathBuf>) -> Result<(), String> {
+    init_tracing();
+    let config = Arc::new(load(flag)?);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    runtime.block_on(async move {
+        let listen = config.proxy.listen;
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|e| format!("cannot listen on {listen} ({e}): change [proxy] listen"))?;
+        tracing::info!(
+            %listen,
+            config = %config.source.display(),
+            ca_cert = %config.mitm.ca_cert.display(),
+            "signproxy listening"
+        );
+        for line in route_lines(&config) {
+            tracing::info!("route {line}");
+        }
+        crate::proxy::run(listener, config, shutdown_signal())
+            .await
+            .map_err(|e| e.to_string())?;
+        tracing::info!("signproxy stopped");
+        Ok(())
+    })
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SIGNPROXY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn route_lines(config: &Config) -> Vec<String> {
+    let mut lines = Vec::new();
+    for p in &config.profiles {
+        let scheme = match &p.signer {
+            Signer::Tiktok(_) => "TikTok Shop HMAC-SHA256".to_owned(),
+            Signer::Ebay(e) => format!("eBay RFC 9421 ({})", e.key.algorithm()),
+        };
+        let hosts: Vec<String> = p.hosts.iter().map(|h| h.to_string()).collect();
+        let token = match &p.token {
+            TokenSource::None => "",
+            TokenSource::Static(_) => ", static access token",
+            TokenSource::TiktokRefresh { .. } => ", managed access tokens (refresh token)",
+            TokenSource::EbayOAuth {
+                refresh_token: Some(_),
+                ..
+            } => ", managed user access tokens (refresh token)",
+            TokenSource::EbayOAuth { .. } => ", managed application access tokens",
+        };
+        lines.push(format!(
+            "{} -> {} [{scheme}{token}]",
+            hosts.join(", "),
+            p.qualified_name()
+        ));
+    }
+    for pattern in &config.proxy.passthrough {
+        lines.push(format!("{pattern} -> passthrough (unsigned)"));
+    }
+    lines.push("anything else -> refused (403 host_not_allowed)".to_owned());
+    lines
+}
+
+fn ca(action: CaAction) -> Result<(), String> {
+    match action {
+        CaAction::Init { config } => {
+            let config = load(config)?;
+            let mitm = &config.mitm;
+            CertificateAuthority::create(&mitm.ca_cert, &mitm.ca_key).map_err(|e| e.to_string())?;
+            println!("created CA certificate {}", mitm.ca_cert.display());
+            println!(
+                "created CA key         {} (mode 0600)",
+                mitm.ca_key.display()
+            );
+            println!("trust it in clients: see `signproxy ca cert` and README.md");
+            Ok(())
+        }
+        CaAction::Cert { config } => {
+            let config = load(config)?;
+            let authority =
+                CertificateAuthority::load_or_create(&config.mitm).map_err(|e| e.to_string())?;
+            print!("{}", authority.cert_pem());
+            Ok(())
+        }
+    }
+}
+
+fn check(flag: Option<PathBuf>) -> Result<(), String> {
+    let path = config::resolve_path(flag.as_deref());
+    let config = Config::load(&path).map_err(|e| e.to_string())?;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{}: OK", path.display());
+    let _ = writeln!(out, "listen {}", config.proxy.listen);
+    for line in route_lines(&config) {
+        let _ = writeln!(out, "route {line}");
+    }
+    Ok(())
+}
+
+const MANAGED_TOKEN_PLACEHOLDER: &str = "<managed-access-token>";
+
+#[derive(Args, Debug)]
+struct SignArgs {
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Profile name (as with the x-signproxy-profile header).
+    #[arg(long)]
+    profile: Option<String>,
+    /// Fix the clock (Unix seconds): TikTok `timestamp`, eBay `created`.
+    #[arg(long)]
+    now: Option<u64>,
+    /// A request header, `Name: value`. Repeatable.
+    #[arg(short = 'H', long = "header")]
+    headers: Vec<String>,
+    /// The request body.
+    #[arg(short = 'd', long = "data", conflicts_with = "data_file")]
+    data: Option<String>,
+    /// Read the request body from a file, byte for byte.
+    #[arg(long)]
+    data_file: Option<PathBuf>,
+    /// Also print the string-to-sign / signature base, secrets masked.
+    #[arg(long)]
+    explain: bool,
+    method: String,
+    url: String,
+}
+
+fn sign(args: SignArgs) -> Result<(), String> {
+    let config = load(args.config)?;
+    let method = Method::from_bytes(args.method.as_bytes())
+        .map_err(|_| format!("`{}` is not an HTTP method", args.method))?;
+    let uri: Uri = args
+        .url
+        .parse()
+        .map_err(|e| format!("`{}` is not a URL ({e})", args.url))?;
+    let host = uri
+        .host()
+        .ok_or_else(|| {
+            format!(
+                "`{}` has no host: give a full URL such as https://api.ebay.com/...",
+                args.url
+            )
+        })?
+        .to_ascii_lowercase();
+    let port = match (uri.scheme_str(), uri.port_u16()) {
+        (Some("http"), None | Some(80)) | (_, None) => 443,
+        (_, Some(port)) => port,
+    };
+    let profile = match route(&config, &host, args.profile.as_deref()).map_err(|e| e.to_string())? {
+        Route::Sign(profile) => profile,
+        Route::Passthrough => {
+            return Err(format!(
+                "`{host}` is a passthrough host: signproxy forwards it unsigned"
+            ))
+        }
+    };
+
+    let mut headers = HeaderMap::new();
+    for line in &args.headers {
+        let (name, value) = line
+            .split_once(':')
+            .ok_or_else(|| format!("header `{line}` is not `Name: value`"))?;
+        let name = HeaderName::from_bytes(name.trim().as_bytes())
+            .map_err(|_| format!("`{}` is not a header name", name.trim()))?;
+        let value = HeaderValue::from_str(value.trim())
+            .map_err(|_| format!("the value of header `{name}` is not valid in HTTP"))?;
+        headers.append(name, value);
+    }
+    let body: Vec<u8> = match (&args.data, &args.data_file) {
+        (Some(data), _) => data.clone().into_bytes(),
+        (None, Some(path)) => std::fs::read(path)
+            .map_err(|e| format!("cannot read --data-file {} ({e})", path.display()))?,
+        (None, None) => Vec::new(),
+    };
+
+    let path_and_query = uri
+        .path_and_query()
+        .map(|pq| pq.as_str().to_owned())
+        .unwrap_or_default();
+    let head = prepare_head(
+        method,
+        https_authority(&host, port),
+        path_and_query,
+        headers,
+        body.len(),
+    )
+    .map_err(|e| e.to_string())?;
+    // Offline, a managed token cannot be fetched: a placeholder shows where the proxy puts it.
+    let token = match &profile.token {
+        TokenSource::None => None,
+        TokenSource::Static(token) => Some(token.clone()),
+        _ => Some(Secret::new(MANAGED_TOKEN_PLACEHOLDER)),
+    };
+    let signed = profile
+        .signer
+        .sign(
+            head,
+            &body,
+            token.as_ref(),
+            args.now.unwrap_or_else(unix_now),
+        )
+        .map_err(|e| format!("cannot sign: {e}"))?;
+
+    let mask = |value: &str| -> String {
+        match &profile.token {
+            TokenSource::Static(token) if !token.is_empty() => {
+                value.replace(token.expose(), "<access_token>")
+            }
+            _ => value.to_owned(),
+        }
+    };
+    let head = &signed.head;
+    let mut out = String::new();
+    out.push_str(&format!(
+        "{} https://{}{} HTTP/1.1\n",
+        head.method, head.authority, head.path_and_query
+    ));
+    for (name, value) in &head.headers {
+        out.push_str(&format!(
+            "{name}: {}\n",
+            mask(&String::from_utf8_lossy(value.as_bytes()))
+        ));
+    }
+    out.push('\n');
+    if args.explain {
+        out.push_str(&mask(&signed.explanation));
+        out.push('\n');
+    }
+    std::io::stdout()
+        .write_all(out.as_bytes())
+        .map_err(|e| format!("cannot write to stdout: {e}"))
+}

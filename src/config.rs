@@ -1,0 +1,777 @@
+//! The TOML config: raw schema (unknown keys are errors), secret references (literal, env, file),
+//! and validation into a typed [`Config`] whose errors name the file, the key and the fix.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateDer;
+use serde::de::{self, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer};
+
+use crate::secret::Secret;
+use crate::sign::ebay::EbayCredentials;
+use crate::sign::keys::load_private_key;
+use crate::sign::tiktok::TiktokCredentials;
+use crate::sign::Signer;
+use crate::token::{TokenSource, EBAY_PRODUCTION_TOKEN_URL, EBAY_SANDBOX_TOKEN_URL};
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 32 * 1024 * 1024;
+pub const TIKTOK_DEFAULT_HOSTS: [&str; 1] = ["open-api.tiktokglobalshop.com"];
+pub const EBAY_DEFAULT_HOSTS: [&str; 4] = [
+    "api.ebay.com",
+    "apiz.ebay.com",
+    "api.sandbox.ebay.com",
+    "apiz.sandbox.ebay.com",
+];
+
+/// A config problem: where (file, key) and what to change.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {}{message}", file.display(), key.as_ref().map(|k| format!("{k}: ")).unwrap_or_default())]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub key: Option<String>,
+    pub message: String,
+}
+
+/// The validated configuration. Cheap to share behind an `Arc`.
+#[derive(Debug)]
+pub struct Config {
+    pub source: PathBuf,
+    pub proxy: ProxySettings,
+    pub upstream: UpstreamSettings,
+    pub mitm: MitmSettings,
+    pub profiles: Vec<Arc<Profile>>,
+}
+
+/// Where the interception CA lives (created there on first run when both files are absent).
+#[derive(Debug, Clone)]
+pub struct MitmSettings {
+    pub ca_cert: PathBuf,
+    pub ca_key: PathBuf,
+}
+
+#[derive(Debug)]
+pub struct ProxySettings {
+    pub listen: SocketAddr,
+    pub max_body_bytes: u64,
+    pub passthrough: Vec<HostPattern>,
+    /// Where signproxy keeps what it creates (the CA, tokens).
+    pub state_dir: PathBuf,
+}
+
+#[derive(Debug)]
+pub struct UpstreamSettings {
+    pub ca_file: Option<PathBuf>,
+    /// Roots trusted besides the built-in web roots (from `ca_file`).
+    pub extra_roots: Vec<CertificateDer<'static>>,
+    /// `host:port` (lower-case) → address to dial instead.
+    pub connect_to: BTreeMap<String, String>,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+}
+
+/// One credential set and the hosts it signs for.
+#[derive(Debug)]
+pub struct Profile {
+    /// The name after the dot, e.g. `default` in `[tiktok.default]`.
+    pub name: String,
+    /// `tiktok` or `ebay`: the config table the profile came from.
+    pub kind: &'static str,
+    pub hosts: Vec<HostPattern>,
+    pub signer: Signer,
+    /// Where the access token comes from: none, a static secret, or managed refreshes.
+    pub token: TokenSource,
+}
+
+impl Profile {
+    /// `tiktok.default`: how messages and logs name the profile.
+    pub fn qualified_name(&self) -> String {
+        format!("{}.{}", self.kind, self.name)
+    }
+
+    pub fn serves(&self, host: &str) -> bool {
+        self.hosts.iter().any(|p| p.matches(host))
+    }
+}
+
+/// An exact host name, or `*.example.com` for any name below `example.com`. Case-insensitive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPattern(String);
+
+impl HostPattern {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let lower = text.trim().to_ascii_lowercase();
+        let bare = lower.strip_prefix("*.").unwrap_or(&lower);
+        let valid = !bare.is_empty()
+            && bare
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+        if !valid {
+            return Err(format!(
+                "`{text}` is not a host pattern: use a host name such as `api.example.com` \
+                 or `*.example.com` (no scheme, port or path)"
+            ));
+        }
+        Ok(HostPattern(lower))
+    }
+
+    pub fn matches(&self, host: &str) -> bool {
+        let host = host.trim_end_matches('.');
+        match self.0.strip_prefix("*.") {
+            Some(suffix) => {
+                host.len() > suffix.len() + 1
+                    && host[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+                    && host.as_bytes()[host.len() - suffix.len() - 1] == b'.'
+            }
+            None => host.eq_ignore_ascii_case(&self.0),
+        }
+    }
+}
+
+impl fmt::Display for HostPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw schema
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    proxy: RawProxy,
+    #[serde(default)]
+    upstream: RawUpstream,
+    #[serde(default)]
+    tiktok: BTreeMap<String, RawTiktok>,
+    #[serde(default)]
+    ebay: BTreeMap<String, RawEbay>,
+    #[serde(default)]
+    mitm: RawMitm,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawMitm {
+    ca_cert: Option<PathBuf>,
+    ca_key: Option<PathBuf>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawProxy {
+    listen: Option<String>,
+    max_body_bytes: Option<u64>,
+    #[serde(default)]
+    passthrough: Vec<String>,
+    state_dir: Option<PathBuf>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawUpstream {
+    ca_file: Option<PathBuf>,
+    #[serde(default)]
+    connect_to: BTreeMap<String, String>,
+    connect_timeout_ms: Option<u64>,
+    request_timeout_ms: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTiktok {
+    app_key: String,
+    app_secret: SecretRef,
+    access_token: Option<SecretRef>,
+    refresh_token: Option<SecretRef>,
+    shop_cipher: Option<String>,
+    hosts: Option<Vec<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEbay {
+    private_key: SecretRef,
+    jwe: SecretRef,
+    access_token: Option<SecretRef>,
+    client_id: Option<String>,
+    client_secret: Option<SecretRef>,
+    refresh_token: Option<SecretRef>,
+    scopes: Option<Vec<String>>,
+    token_url: Option<String>,
+    hosts: Option<Vec<String>>,
+    #[serde(default)]
+    enforce_signature: bool,
+}
+
+/// Where a secret comes from: `"literal"`, `{ env = "VAR" }` or `{ file = "PATH" }`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretRef {
+    Literal(Secret),
+    Env(String),
+    File(PathBuf),
+}
+
+impl<'de> Deserialize<'de> for SecretRef {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct SecretRefVisitor;
+        impl<'de> Visitor<'de> for SecretRefVisitor {
+            type Value = SecretRef;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str(r#"a secret: "literal", { env = "VAR" } or { file = "PATH" }"#)
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<SecretRef, E> {
+                Ok(SecretRef::Literal(Secret::new(v)))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<SecretRef, A::Error> {
+                let mut found: Option<SecretRef> = None;
+                while let Some(key) = map.next_key::<String>()? {
+                    let value: String = map.next_value()?;
+                    let source = match key.as_str() {
+                        "env" => SecretRef::Env(value),
+                        "file" => SecretRef::File(PathBuf::from(value)),
+                        other => {
+                            return Err(de::Error::custom(format!(
+                                "unknown secret source `{other}`: use {{ env = \"VAR\" }} or {{ file = \"PATH\" }}"
+                            )))
+                        }
+                    };
+                    if found.replace(source).is_some() {
+                        return Err(de::Error::custom(
+                            "a secret takes exactly one of `env` or `file`",
+                        ));
+                    }
+                }
+                found.ok_or_else(|| {
+                    de::Error::custom(
+                        r#"empty secret table: use { env = "VAR" } or { file = "PATH" }"#,
+                    )
+                })
+            }
+        }
+        deserializer.deserialize_any(SecretRefVisitor)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Loading and validation
+
+/// Which config file to use: the flag, else `$SIGNPROXY_CONFIG`, else `./signproxy.toml`, else
+/// `config/signproxy.toml`.
+pub fn resolve_path(flag: Option<&Path>) -> PathBuf {
+    if let Some(path) = flag {
+        return path.to_path_buf();
+    }
+    if let Some(env) = std::env::var_os("SIGNPROXY_CONFIG").filter(|v| !v.is_empty()) {
+        return PathBuf::from(env);
+    }
+    let local = PathBuf::from("signproxy.toml");
+    if local.exists() {
+        return local;
+    }
+    PathBuf::from("config/signproxy.toml")
+}
+
+impl Config {
+    /// Reads and validates the config file; relative paths inside it are relative to its folder.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_path_buf(),
+            key: None,
+            message: format!(
+                "cannot read the config file ({e}): pass --config PATH or set SIGNPROXY_CONFIG"
+            ),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::parse(&text, base, path)
+    }
+
+    /// Validates TOML text; `base_dir` anchors relative paths (`ca_file`, `{ file = ... }`).
+    pub fn from_toml_str(text: &str, base_dir: &Path) -> Result<Config, ConfigError> {
+        Self::parse(text, base_dir, Path::new("<inline config>"))
+    }
+
+    fn parse(text: &str, base_dir: &Path, source: &Path) -> Result<Config, ConfigError> {
+        let err = |key: Option<String>, message: String| ConfigError {
+            file: source.to_path_buf(),
+            key,
+            message,
+        };
+        // toml's own Display quotes the offending source line, which may hold a literal secret:
+        // report the position and the message only.
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let at = e.span().map(|span| line_col(text, span.start));
+            let message = e.message().trim_end();
+            match at {
+                Some((line, col)) => err(None, format!("line {line}, column {col}: {message}")),
+                None => err(None, message.to_owned()),
+            }
+        })?;
+        let ctx = Ctx {
+            base_dir,
+            err: &err,
+        };
+
+        let listen_text = raw.proxy.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
+        let listen = listen_text.parse().map_err(|_| {
+            err(
+                Some("proxy.listen".into()),
+                format!("`{listen_text}` is not an address: use IP:PORT, e.g. \"127.0.0.1:8080\""),
+            )
+        })?;
+        let max_body_bytes = raw.proxy.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES);
+        if max_body_bytes == 0 {
+            return Err(err(
+                Some("proxy.max_body_bytes".into()),
+                "must be at least 1".into(),
+            ));
+        }
+        let passthrough = ctx.patterns("proxy.passthrough", &raw.proxy.passthrough)?;
+
+        let upstream = ctx.upstream(raw.upstream)?;
+        let state_dir = match &raw.proxy.state_dir {
+            Some(dir) => ctx.path(dir),
+            None => default_state_dir().ok_or_else(|| {
+                err(
+                    Some("proxy.state_dir".into()),
+                    "no default state folder (neither SIGNPROXY_STATE_DIR, XDG_STATE_HOME nor HOME is set): set proxy.state_dir".into(),
+                )
+            })?,
+        };
+        let mitm = match (&raw.mitm.ca_cert, &raw.mitm.ca_key) {
+            (Some(cert), Some(key)) => MitmSettings {
+                ca_cert: ctx.path(cert),
+                ca_key: ctx.path(key),
+            },
+            (None, None) => MitmSettings {
+                ca_cert: state_dir.join("ca-cert.pem"),
+                ca_key: state_dir.join("ca-key.pem"),
+            },
+            _ => {
+                return Err(err(
+                    Some("mitm".into()),
+                    "set both ca_cert and ca_key, or neither (signproxy then creates them under proxy.state_dir)".into(),
+                ))
+            }
+        };
+
+        let mut profiles = Vec::new();
+        for (name, t) in raw.tiktok {
+            profiles.push(Arc::new(ctx.tiktok(name, t)?));
+        }
+        for (name, e) in raw.ebay {
+            profiles.push(Arc::new(ctx.ebay(name, e)?));
+        }
+
+        Ok(Config {
+            source: source.to_path_buf(),
+            proxy: ProxySettings {
+                listen,
+                max_body_bytes,
+                passthrough,
+                state_dir,
+            },
+            upstream,
+            mitm,
+            profiles,
+        })
+    }
+}
+
+/// `$SIGNPROXY_STATE_DIR`, else `$XDG_STATE_HOME/signproxy`, else `~/.local/state/signproxy`.
+pub fn default_state_dir() -> Option<PathBuf> {
+    let var = |name: &str| {
+        std::env::var_os(name)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    var("SIGNPROXY_STATE_DIR")
+        .or_else(|| var("XDG_STATE_HOME").map(|d| d.join("signproxy")))
+        .or_else(|| var("HOME").map(|h| h.join(".local/state/signproxy")))
+}
+
+struct Ctx<'a> {
+    base_dir: &'a Path,
+    err: &'a dyn Fn(Option<String>, String) -> ConfigError,
+}
+
+impl Ctx<'_> {
+    fn fail(&self, key: &str, message: impl Into<String>) -> ConfigError {
+        (self.err)(Some(key.to_owned()), message.into())
+    }
+
+    fn path(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base_dir.join(p)
+        }
+    }
+
+    fn patterns(&self, key: &str, items: &[String]) -> Result<Vec<HostPattern>, ConfigError> {
+        items
+            .iter()
+            .map(|h| HostPattern::parse(h).map_err(|m| self.fail(key, m)))
+            .collect()
+    }
+
+    fn secret(&self, key: &str, r: &SecretRef) -> Result<Secret, ConfigError> {
+        let value = match r {
+            SecretRef::Literal(s) => s.clone(),
+            SecretRef::Env(var) => match std::env::var(var) {
+                Ok(v) => Secret::new(v),
+                Err(_) => {
+                    return Err(self.fail(
+                        key,
+                        format!("environment variable {var} is not set (or not UTF-8): export it, or use a literal or {{ file = \"PATH\" }}"),
+                    ))
+                }
+            },
+            SecretRef::File(p) => {
+                let full = self.path(p);
+                match std::fs::read_to_string(&full) {
+                    // Secret files (Docker secrets, `echo > file`) usually end in a newline that
+                    // is not part of the secret.
+                    Ok(v) => Secret::new(v.trim_end_matches(['\r', '\n'])),
+                    Err(e) => {
+                        return Err(self.fail(
+                            key,
+                            format!("cannot read secret file {} ({e})", full.display()),
+                        ))
+                    }
+                }
+            }
+        };
+        if value.expose().trim().is_empty() {
+            return Err(self.fail(key, "the secret is empty"));
+        }
+        Ok(value)
+    }
+
+    fn upstream(&self, raw: RawUpstream) -> Result<UpstreamSettings, ConfigError> {
+        let mut extra_roots = Vec::new();
+        let ca_file = raw.ca_file.as_deref().map(|p| self.path(p));
+        if let Some(path) = &ca_file {
+            let certs = CertificateDer::pem_file_iter(path)
+                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| {
+                    self.fail(
+                        "upstream.ca_file",
+                        format!("cannot read PEM certificates from {} ({e})", path.display()),
+                    )
+                })?;
+            if certs.is_empty() {
+                return Err(self.fail(
+                    "upstream.ca_file",
+                    format!("{} holds no `BEGIN CERTIFICATE` block", path.display()),
+                ));
+            }
+            extra_roots = certs;
+        }
+        let mut connect_to = BTreeMap::new();
+        for (from, to) in raw.connect_to {
+            let key = format!("upstream.connect_to.\"{from}\"");
+            if !has_port(&from) || !has_port(&to) {
+                return Err(self.fail(
+                    &key,
+                    format!("`{from}` = `{to}`: both sides need HOST:PORT, e.g. \"api.ebay.com:443\" = \"127.0.0.1:9443\""),
+                ));
+            }
+            connect_to.insert(from.to_ascii_lowercase(), to);
+        }
+        let ms = |v: Option<u64>, default: u64, key: &str| -> Result<Duration, ConfigError> {
+            match v.unwrap_or(default) {
+                0 => Err(self.fail(key, "must be at least 1 (milliseconds)")),
+                n => Ok(Duration::from_millis(n)),
+            }
+        };
+        Ok(UpstreamSettings {
+            ca_file,
+            extra_roots,
+            connect_to,
+            connect_timeout: ms(
+                raw.connect_timeout_ms,
+                10_000,
+                "upstream.connect_timeout_ms",
+            )?,
+            request_timeout: ms(
+                raw.request_timeout_ms,
+                60_000,
+                "upstream.request_timeout_ms",
+            )?,
+        })
+    }
+
+    fn hosts(
+        &self,
+        key: &str,
+        raw: Option<Vec<String>>,
+        default: &[&str],
+    ) -> Result<Vec<HostPattern>, ConfigError> {
+        let list = raw.unwrap_or_else(|| default.iter().map(|s| s.to_string()).collect());
+        if list.is_empty() {
+            return Err(self.fail(key, "lists no host: a profile must serve at least one"));
+        }
+        self.patterns(key, &list)
+    }
+
+    fn tiktok(&self, name: String, raw: RawTiktok) -> Result<Profile, ConfigError> {
+        let at = |k: &str| format!("tiktok.{name}.{k}");
+        if raw.app_key.trim().is_empty() {
+            return Err(self.fail(
+                &at("app_key"),
+                "is empty: copy the App key from TikTok Shop Partner Center",
+            ));
+        }
+        let creds = TiktokCredentials {
+            app_key: raw.app_key,
+            app_secret: self.secret(&at("app_secret"), &raw.app_secret)?,
+            shop_cipher: raw.shop_cipher.filter(|c| !c.is_empty()),
+        };
+        let token = match (raw.access_token, raw.refresh_token) {
+            (Some(_), Some(_)) => {
+                return Err(self.fail(
+                    &at("refresh_token"),
+                    "set either access_token (a static token) or refresh_token (signproxy obtains and refreshes access tokens), not both",
+                ))
+            }
+            (Some(r), None) => TokenSource::Static(self.secret(&at("access_token"), &r)?),
+            (None, Some(r)) => TokenSource::TiktokRefresh {
+                app_key: creds.app_key.clone(),
+                app_secret: creds.app_secret.clone(),
+                refresh_token: self.secret(&at("refresh_token"), &r)?,
+            },
+            (None, None) => TokenSource::None,
+        };
+        Ok(Profile {
+            hosts: self.hosts(&at("hosts"), raw.hosts, &TIKTOK_DEFAULT_HOSTS)?,
+            name,
+            kind: "tiktok",
+            signer: Signer::Tiktok(creds),
+            token,
+        })
+    }
+
+    fn ebay(&self, name: String, raw: RawEbay) -> Result<Profile, ConfigError> {
+        let at = |k: &str| format!("ebay.{name}.{k}");
+        let key_text = self.secret(&at("private_key"), &raw.private_key)?;
+        let key = load_private_key(key_text.expose())
+            .map_err(|e| self.fail(&at("private_key"), e.to_string()))?;
+        let creds = EbayCredentials {
+            key: Arc::new(key),
+            jwe: self.secret(&at("jwe"), &raw.jwe)?,
+            enforce_signature: raw.enforce_signature,
+        };
+        let hosts = self.hosts(&at("hosts"), raw.hosts, &EBAY_DEFAULT_HOSTS)?;
+        let token = match (raw.access_token, raw.client_id, raw.client_secret) {
+            (Some(_), Some(_), _) | (Some(_), _, Some(_)) => {
+                return Err(self.fail(
+                    &at("access_token"),
+                    "set either access_token (a static token) or client_id + client_secret (signproxy obtains and refreshes tokens), not both",
+                ))
+            }
+            (Some(r), None, None) => TokenSource::Static(self.secret(&at("access_token"), &r)?),
+            (None, Some(client_id), Some(secret)) => {
+                if client_id.trim().is_empty() {
+                    return Err(self.fail(&at("client_id"), "is empty: copy the App ID (Client ID) from eBay's developer portal"));
+                }
+                // Sandbox-only profiles get sandbox tokens; anything else talks to production.
+                let sandbox = hosts.iter().all(|h| h.to_string().contains(".sandbox."));
+                let default_url = if sandbox { EBAY_SANDBOX_TOKEN_URL } else { EBAY_PRODUCTION_TOKEN_URL };
+                let token_url = raw.token_url.unwrap_or_else(|| default_url.to_owned());
+                if token_url.parse::<http::Uri>().map(|u| u.scheme_str() != Some("https") || u.host().is_none()).unwrap_or(true) {
+                    return Err(self.fail(&at("token_url"), format!("`{token_url}` is not an https:// URL")));
+                }
+                TokenSource::EbayOAuth {
+                    client_id,
+                    client_secret: self.secret(&at("client_secret"), &secret)?,
+                    refresh_token: raw
+                        .refresh_token
+                        .map(|r| self.secret(&at("refresh_token"), &r))
+                        .transpose()?,
+                    scopes: raw.scopes.unwrap_or_default(),
+                    token_url,
+                }
+            }
+            (None, Some(_), None) => return Err(self.fail(&at("client_secret"), "is missing: client_id needs client_secret")),
+            (None, None, Some(_)) => return Err(self.fail(&at("client_id"), "is missing: client_secret needs client_id")),
+            (None, None, None) => {
+                if raw.refresh_token.is_some() || raw.scopes.is_some() || raw.token_url.is_some() {
+                    return Err(self.fail(&at("client_id"), "refresh_token, scopes and token_url need client_id and client_secret"));
+                }
+                TokenSource::None
+            }
+        };
+        Ok(Profile {
+            hosts,
+            name,
+            kind: "ebay",
+            signer: Signer::Ebay(creds),
+            token,
+        })
+    }
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text.as_bytes()[..offset.min(text.len())];
+    let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+    let col = before.iter().rev().take_while(|&&b| b != b'\n').count() + 1;
+    (line, col)
+}
+
+fn has_port(s: &str) -> bool {
+    s.rsplit_once(':')
+        .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml_str(text, Path::new("."))
+    }
+
+    #[test]
+    fn empty_config_has_defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(c.proxy.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(c.proxy.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
+        assert!(c.profiles.is_empty());
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let e = parse("[proxy]\nlisten = \"127.0.0.1:1\"\nmax_body = 3\n").unwrap_err();
+        assert!(e.to_string().contains("unknown field `max_body`"), "{e}");
+        let e =
+            parse("[tiktok.a]\napp_key=\"k\"\napp_secret=\"s\"\nappsecret=\"x\"\n").unwrap_err();
+        assert!(e.to_string().contains("appsecret"), "{e}");
+    }
+
+    #[test]
+    fn secrets_from_literal_env_and_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("s.txt"), "from-file\n").unwrap();
+        std::env::set_var("SIGNPROXY_TEST_SECRET_A", "from-env");
+        let text = r#"
+            [tiktok.lit]
+            app_key = "k"
+            app_secret = "literal"
+            [tiktok.env]
+            app_key = "k"
+            app_secret = { env = "SIGNPROXY_TEST_SECRET_A" }
+            [tiktok.file]
+            app_key = "k"
+            app_secret = { file = "s.txt" }
+        "#;
+        let c = Config::from_toml_str(text, dir.path()).unwrap();
+        let secret = |n: &str| match &c.profiles.iter().find(|p| p.name == n).unwrap().signer {
+            Signer::Tiktok(t) => t.app_secret.expose().to_owned(),
+            Signer::Ebay(_) => unreachable!(),
+        };
+        assert_eq!(secret("lit"), "literal");
+        assert_eq!(secret("env"), "from-env");
+        assert_eq!(secret("file"), "from-file");
+    }
+
+    #[test]
+    fn missing_env_names_key_and_variable() {
+        let e = parse(
+            "[tiktok.default]\napp_key=\"k\"\napp_secret={ env = \"SIGNPROXY_NOPE_UNSET\" }\n",
+        )
+        .unwrap_err();
+        let m = e.to_string();
+        assert!(m.contains("tiktok.default.app_secret"), "{m}");
+        assert!(m.contains("SIGNPROXY_NOPE_UNSET"), "{m}");
+    }
+
+    #[test]
+    fn bad_secret_table_is_explained() {
+        let e = parse("[tiktok.d]\napp_key=\"k\"\napp_secret={ vault = \"x\" }\n").unwrap_err();
+        assert!(
+            e.to_string().contains("unknown secret source `vault`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn syntax_errors_give_a_position_but_never_quote_the_line() {
+        let e = parse("[tiktok.d]\napp_key=\"k\"\napp_secret=\"topsecret-abc\" trailing\n")
+            .unwrap_err();
+        let m = e.to_string();
+        assert!(m.contains("line 3"), "{m}");
+        assert!(!m.contains("topsecret-abc"), "{m}");
+    }
+
+    #[test]
+    fn token_sources_are_exclusive_and_complete() {
+        let e = parse("[tiktok.d]\napp_key=\"k\"\napp_secret=\"s\"\naccess_token=\"a\"\nrefresh_token=\"r\"\n").unwrap_err();
+        assert!(
+            e.to_string().contains("tiktok.d.refresh_token") && e.to_string().contains("not both"),
+            "{e}"
+        );
+        let key = "\"\"\"\n-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIJ+DYvh6SEqVTm50DFtMDoQikTmiCqirVv9mWG9qfSnF\n-----END PRIVATE KEY-----\n\"\"\"";
+        let ebay = |extra: &str| format!("[ebay.e]\nprivate_key = {key}\njwe = \"j\"\n{extra}");
+        let e = parse(&ebay("client_id = \"id\"\n")).unwrap_err();
+        assert!(e.to_string().contains("ebay.e.client_secret"), "{e}");
+        let e = parse(&ebay("refresh_token = \"r\"\n")).unwrap_err();
+        assert!(e.to_string().contains("need client_id"), "{e}");
+        let ok = parse(&ebay(
+            "client_id = \"id\"\nclient_secret = \"cs\"\nhosts = [\"api.sandbox.ebay.com\"]\n",
+        ))
+        .unwrap();
+        match &ok.profiles[0].token {
+            TokenSource::EbayOAuth {
+                token_url,
+                refresh_token,
+                ..
+            } => {
+                assert_eq!(
+                    token_url, EBAY_SANDBOX_TOKEN_URL,
+                    "sandbox-only profiles get sandbox tokens"
+                );
+                assert!(refresh_token.is_none());
+            }
+            other => panic!("{other:?}"),
+        }
+        let prod = parse(&ebay("client_id = \"id\"\nclient_secret = \"cs\"\n")).unwrap();
+        assert!(
+            matches!(&prod.profiles[0].token, TokenSource::EbayOAuth { token_url, .. } if token_url == EBAY_PRODUCTION_TOKEN_URL)
+        );
+    }
+
+    #[test]
+    fn host_patterns() {
+        let p = HostPattern::parse("*.Example.com").unwrap();
+        assert!(p.matches("a.example.com"));
+        assert!(p.matches("a.b.EXAMPLE.com"));
+        assert!(!p.matches("example.com"));
+        assert!(!p.matches("badexample.com"));
+        assert!(HostPattern::parse("https://x.com").is_err());
+        assert!(HostPattern::parse("x.com:443").is_err());
+    }
+
+    #[test]
+    fn connect_to_needs_ports() {
+        let e =
+            parse("[upstream]\nconnect_to = { \"api.ebay.com\" = \"127.0.0.1:1\" }\n").unwrap_err();
+        assert!(e.to_string().contains("HOST:PORT"), "{e}");
+    }
+
+    #[test]
+    fn config_error_never_contains_the_secret() {
+        let e = parse("[tiktok.d]\napp_key=\"\"\napp_secret=\"supersecret-xyz\"\n").unwrap_err();
+        assert!(!format!("{e} {e:?}").contains("supersecret-xyz"));
+        let ok = parse("[tiktok.d]\napp_key=\"k\"\napp_secret=\"supersecret-xyz\"\n").unwrap();
+        assert!(!format!("{ok:?}").contains("supersecret-xyz"));
+    }
+}

@@ -1,0 +1,284 @@
+//! CONNECT: for a host a profile serves, terminate TLS with a leaf from the local CA (or accept
+//! plain HTTP inside the tunnel) and sign each inner request like absolute-form; for a
+//! `[proxy] passthrough` host, an opaque byte tunnel; anything else is refused before any tunnel
+//! opens.
+
+use std::io;
+use std::pin::Pin;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use http::uri::Authority;
+use http::{header, HeaderValue, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+
+use super::forward::{forward, Target};
+use super::{empty_body, finish, ProxyBody, ProxyError, RequestLog, State};
+use crate::route::{route, Route, RouteError, PROFILE_HEADER};
+use crate::upstream::dial;
+
+/// The first byte of every TLS connection (a handshake record).
+const TLS_HANDSHAKE: u8 = 0x16;
+
+pub async fn handle(
+    state: Arc<State>,
+    req: Request<Incoming>,
+    log: &mut RequestLog,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let authority = req
+        .uri()
+        .authority()
+        .cloned()
+        .ok_or_else(|| ProxyError::BadRequest("CONNECT needs a HOST:PORT target".to_owned()))?;
+    let target = Target {
+        host: authority.host().to_ascii_lowercase(),
+        port: Some(authority.port_u16().unwrap_or(443)),
+        https: true,
+    };
+    log.host.clone_from(&target.host);
+    // `x-signproxy-profile` on the CONNECT (curl --proxy-header, Go's ProxyConnectHeader)
+    // chooses the profile for every request inside the tunnel that does not name its own.
+    let connect_profile = req.headers().get(PROFILE_HEADER).cloned();
+    let requested = connect_profile
+        .as_ref()
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    match route(&state.config, &target.host, requested.as_deref()) {
+        Ok(Route::Passthrough) => tunnel(&state, req, &target).await,
+        Ok(Route::Sign(profile)) => {
+            log.profile = Some(profile.qualified_name());
+            intercept(state, req, target, connect_profile)
+        }
+        // Several profiles serve the host and the CONNECT names none: each request inside the
+        // tunnel chooses with its own header (or gets the 400 itself).
+        Err(RouteError::AmbiguousProfile { .. }) => intercept(state, req, target, None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Dials first, so an unreachable host is a 502 rather than a tunnel that dies at once.
+async fn tunnel(
+    state: &State,
+    req: Request<Incoming>,
+    target: &Target,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let port = target.port.unwrap_or(443);
+    let upstream = &state.upstream;
+    let mut server = dial(
+        upstream.connect_to(),
+        &target.host,
+        port,
+        upstream.connect_timeout(),
+    )
+    .await
+    .map_err(|e| ProxyError::UpstreamConnect {
+        authority: format!("{}:{port}", target.host),
+        reason: e.to_string(),
+    })?;
+    tokio::spawn(async move {
+        match hyper::upgrade::on(req).await {
+            Ok(upgraded) => {
+                let mut client = TokioIo::new(upgraded);
+                if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut server).await {
+                    tracing::debug!(error = %e, "tunnel closed with an error");
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "CONNECT upgrade failed"),
+        }
+    });
+    Ok(ok_response())
+}
+
+fn ok_response() -> Response<ProxyBody> {
+    let mut response = Response::new(empty_body());
+    *response.status_mut() = StatusCode::OK;
+    response
+}
+
+/// Answers 200, then serves the tunnel's inside as HTTP (over TLS with our leaf, or plain).
+fn intercept(
+    state: Arc<State>,
+    req: Request<Incoming>,
+    target: Target,
+    connect_profile: Option<HeaderValue>,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let tls_config = state
+        .ca
+        .server_config(&target.host)
+        .map_err(|e| ProxyError::Interception(e.to_string()))?;
+    tokio::spawn(async move {
+        let upgraded = match hyper::upgrade::on(req).await {
+            Ok(upgraded) => upgraded,
+            Err(e) => return tracing::debug!(error = %e, "CONNECT upgrade failed"),
+        };
+        let mut io = TokioIo::new(upgraded);
+        let mut first = [0u8; 1];
+        match io.read(&mut first).await {
+            Ok(1) => {}
+            _ => return,
+        }
+        let stream = Prefixed::new(first[0], io);
+        if first[0] == TLS_HANDSHAKE {
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls_config);
+            match acceptor.accept(stream).await {
+                Ok(tls) => {
+                    let sni = tls.get_ref().1.server_name().map(str::to_ascii_lowercase);
+                    serve_inner(state, tls, target, sni, connect_profile).await;
+                }
+                // Typically the client does not trust signproxy's CA yet.
+                Err(e) => tracing::warn!(
+                    host = %target.host,
+                    error = %e,
+                    "TLS handshake inside CONNECT failed (does the client trust signproxy's CA? see `signproxy ca cert`)"
+                ),
+            }
+        } else {
+            let plain = Target {
+                https: false,
+                ..target
+            };
+            serve_inner(state, stream, plain, None, connect_profile).await;
+        }
+    });
+    Ok(ok_response())
+}
+
+/// Serves HTTP/1.1 or HTTP/2 inside a tunnel; every request is checked against the CONNECT
+/// target and then forwarded like an absolute-form request (with the CONNECT's profile choice
+/// when it names none).
+async fn serve_inner<S>(
+    state: Arc<State>,
+    stream: S,
+    target: Target,
+    sni: Option<String>,
+    connect_profile: Option<HeaderValue>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |mut req: Request<Incoming>| {
+        let state = Arc::clone(&state);
+        let target = target.clone();
+        let sni = sni.clone();
+        if let Some(profile) = &connect_profile {
+            if !req.headers().contains_key(PROFILE_HEADER) {
+                req.headers_mut().insert(PROFILE_HEADER, profile.clone());
+            }
+        }
+        async move {
+            let started = Instant::now();
+            let method = req.method().clone();
+            let mut log = RequestLog {
+                host: target.host.clone(),
+                path: req.uri().path().to_owned(),
+                profile: None,
+            };
+            let result = match check_inner_authority(&req, &target.host, sni.as_deref()) {
+                Ok(()) => forward(&state, req, target, &mut log).await,
+                Err(e) => {
+                    tracing::warn!(connect = %log.host, reason = %e, "misdirected request inside CONNECT refused");
+                    Err(e)
+                }
+            };
+            Ok::<_, std::convert::Infallible>(finish(result, &method, &log, started))
+        }
+    });
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    if let Err(e) = builder
+        .serve_connection(TokioIo::new(stream), service)
+        .await
+    {
+        tracing::debug!(error = %e, "tunnel connection ended with an error");
+    }
+}
+
+/// The CONNECT authority, the TLS SNI and the inner Host/authority must name one host: routing,
+/// signing and dialling all use that name, so a disagreement could sign for one host and send
+/// to another.
+fn check_inner_authority(
+    req: &Request<Incoming>,
+    connect_host: &str,
+    sni: Option<&str>,
+) -> Result<(), ProxyError> {
+    if let Some(sni) = sni {
+        if !sni.eq_ignore_ascii_case(connect_host) {
+            return Err(ProxyError::MisdirectedRequest(format!(
+                "TLS SNI `{sni}` does not match the CONNECT target `{connect_host}`: open one tunnel per host"
+            )));
+        }
+    }
+    let inner = match req.uri().host() {
+        Some(host) => host.to_owned(),
+        None => {
+            let value = req
+                .headers()
+                .get(header::HOST)
+                .and_then(|v| v.to_str().ok())
+                .ok_or_else(|| {
+                    ProxyError::BadRequest("request inside CONNECT has no Host header".to_owned())
+                })?;
+            Authority::from_str(value)
+                .map_err(|_| ProxyError::BadRequest(format!("Host `{value}` is not a host name")))?
+                .host()
+                .to_owned()
+        }
+    };
+    if !inner.eq_ignore_ascii_case(connect_host) {
+        return Err(ProxyError::MisdirectedRequest(format!(
+            "Host `{inner}` does not match the CONNECT target `{connect_host}`: open one tunnel per host"
+        )));
+    }
+    Ok(())
+}
+
+/// A stream with one already-read byte put back in front.
+struct Prefixed<S> {
+    first: Option<u8>,
+    inner: S,
+}
+
+impl<S> Prefixed<S> {
+    fn new(first: u8, inner: S) -> Self {
+        Prefixed {
+            first: Some(first),
+            inner,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if buf.remaining() > 0 {
+            if let Some(byte) = self.first.take() {
+                buf.put_slice(&[byte]);
+                return Poll::Ready(Ok(()));
+            }
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}

@@ -1,0 +1,268 @@
+//! Forwarding one HTTP request: route it, and either buffer + sign + send over TLS, or pass it
+//! through unchanged; the upstream response streams back.
+
+use bytes::Bytes;
+use http::{header, HeaderMap, Request, Response, Uri, Version};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::{Body, Incoming};
+
+use super::{full_body, ProxyBody, ProxyError, RequestLog, State};
+
+/// Responses up to this size are checked for a "token expired" answer before they are relayed.
+const TOKEN_ANSWER_INSPECT_LIMIT: u64 = 64 * 1024;
+use crate::config::Profile;
+use crate::request::{prepare_head, strip_hop_by_hop, unix_now};
+use crate::route::{route, Route, PROFILE_HEADER};
+use crate::secret::Secret;
+use crate::sign::{https_authority, RequestHead};
+use crate::token::TokenSource;
+use crate::upstream::{BoxError, UpstreamBody, UpstreamError};
+
+/// Where a request is going, as the client named it.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub host: String,
+    pub port: Option<u16>,
+    /// The client asked for https (absolute-form `https://` or TLS inside CONNECT).
+    pub https: bool,
+}
+
+/// An absolute-form request (`GET http://host/path HTTP/1.1`), as clients send through HTTP_PROXY.
+pub async fn handle_absolute(
+    state: &State,
+    req: Request<Incoming>,
+    log: &mut RequestLog,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let uri = req.uri();
+    log.path = uri.path().to_owned();
+    let https = match uri.scheme_str() {
+        Some("http") => false,
+        Some("https") => true,
+        Some(other) => {
+            return Err(ProxyError::BadRequest(format!(
+                "unsupported scheme `{other}`: signproxy forwards http:// and https:// URLs"
+            )))
+        }
+        None => {
+            return Err(ProxyError::BadRequest(
+                "signproxy is a forward proxy and got an origin-form request (`GET /path`): \
+                 set HTTP_PROXY/HTTPS_PROXY to signproxy and request the marketplace's full URL"
+                    .to_owned(),
+            ))
+        }
+    };
+    let host = uri.host().unwrap_or_default().to_ascii_lowercase();
+    let target = Target {
+        host,
+        port: uri.port_u16(),
+        https,
+    };
+    forward(state, req, target, log).await
+}
+
+/// Routes and forwards a request whose destination is `target`.
+pub async fn forward(
+    state: &State,
+    req: Request<Incoming>,
+    target: Target,
+    log: &mut RequestLog,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    log.host.clone_from(&target.host);
+    log.path = req.uri().path().to_owned();
+    let requested = req
+        .headers()
+        .get(PROFILE_HEADER)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    match route(&state.config, &target.host, requested.as_deref())? {
+        Route::Sign(profile) => {
+            log.profile = Some(profile.qualified_name());
+            forward_signed(state, req, &target, &profile).await
+        }
+        Route::Passthrough => forward_unchanged(state, req, &target).await,
+    }
+}
+
+async fn forward_signed(
+    state: &State,
+    req: Request<Incoming>,
+    target: &Target,
+    profile: &Profile,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    // Marketplace APIs are https-only: a plain-http request through HTTP_PROXY is upgraded.
+    let port = match (target.https, target.port) {
+        (false, None | Some(80)) | (true, None) => 443,
+        (_, Some(port)) => port,
+    };
+    let (parts, body) = req.into_parts();
+    let body = read_body(&parts.headers, body, state.config.proxy.max_body_bytes).await?;
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .map(|pq| pq.as_str().to_owned())
+        .unwrap_or_default();
+    let head = prepare_head(
+        parts.method,
+        https_authority(&target.host, port),
+        path_and_query,
+        parts.headers,
+        body.len(),
+    )?;
+    let token = if profile.signer.wants_access_token(&head) {
+        state
+            .tokens
+            .token(profile, unix_now())
+            .await
+            .map_err(|e| ProxyError::TokenUnavailable(e.to_string()))?
+    } else {
+        None
+    };
+    let response = sign_and_send(state, profile, head.clone(), &body, token.as_ref()).await?;
+
+    // Only a token this proxy injected and manages can be renewed; the client's own is theirs.
+    let Some(used) = token.filter(|_| profile.token.is_managed()) else {
+        return Ok(response);
+    };
+    let (response, expired) = answer_says_token_expired(&profile.token, response).await?;
+    if !expired {
+        return Ok(response);
+    }
+    tracing::info!(
+        profile = %profile.qualified_name(),
+        "the marketplace reports the access token expired: refreshing, then retrying once"
+    );
+    let fresh = state
+        .tokens
+        .refresh_after_rejection(profile, &used, unix_now())
+        .await
+        .map_err(|e| ProxyError::TokenUnavailable(e.to_string()))?;
+    sign_and_send(state, profile, head, &body, Some(&fresh)).await
+}
+
+/// Signs as of now (so a retry gets a fresh timestamp and signature) and sends.
+async fn sign_and_send(
+    state: &State,
+    profile: &Profile,
+    head: RequestHead,
+    body: &Bytes,
+    token: Option<&Secret>,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let signed = profile.signer.sign(head, body, token, unix_now())?;
+    let head = signed.head;
+    let uri = upstream_uri("https", &head.authority, &head.path_and_query)?;
+    let mut upstream_req = Request::new(
+        Full::new(body.clone())
+            .map_err(|never| -> BoxError { match never {} })
+            .boxed(),
+    );
+    *upstream_req.method_mut() = head.method;
+    *upstream_req.uri_mut() = uri;
+    *upstream_req.headers_mut() = head.headers;
+    send(state, upstream_req, &head.authority).await
+}
+
+/// Marketplaces' "token expired" answers are small JSON bodies, so only responses of a known
+/// small size are read here; anything else streams through untouched.
+async fn answer_says_token_expired(
+    source: &TokenSource,
+    response: Response<ProxyBody>,
+) -> Result<(Response<ProxyBody>, bool), ProxyError> {
+    let small = response
+        .body()
+        .size_hint()
+        .upper()
+        .is_some_and(|n| n <= TOKEN_ANSWER_INSPECT_LIMIT);
+    if !small {
+        return Ok((response, false));
+    }
+    let (parts, body) = response.into_parts();
+    let bytes = body
+        .collect()
+        .await
+        .map_err(|e| ProxyError::UpstreamConnect {
+            authority: String::from("upstream"),
+            reason: format!("the response body broke off: {e}"),
+        })?
+        .to_bytes();
+    let expired = source.is_expired_answer(parts.status.as_u16(), &bytes);
+    Ok((Response::from_parts(parts, full_body(bytes)), expired))
+}
+
+async fn forward_unchanged(
+    state: &State,
+    req: Request<Incoming>,
+    target: &Target,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let (mut parts, body) = req.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    parts.headers.remove(PROFILE_HEADER);
+    let authority = match target.port {
+        Some(port) => format!("{}:{port}", target.host),
+        None => target.host.clone(),
+    };
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .map(|pq| pq.as_str())
+        .unwrap_or("/");
+    let scheme = if target.https { "https" } else { "http" };
+    let mut upstream_req: Request<UpstreamBody> =
+        Request::new(body.map_err(|e| -> BoxError { Box::new(e) }).boxed());
+    *upstream_req.method_mut() = parts.method;
+    *upstream_req.uri_mut() = upstream_uri(scheme, &authority, path_and_query)?;
+    *upstream_req.headers_mut() = parts.headers;
+    send(state, upstream_req, &authority).await
+}
+
+fn upstream_uri(scheme: &str, authority: &str, path_and_query: &str) -> Result<Uri, ProxyError> {
+    format!("{scheme}://{authority}{path_and_query}")
+        .parse()
+        .map_err(|e| ProxyError::BadRequest(format!("cannot form the upstream URL: {e}")))
+}
+
+/// Buffers the whole body (hyper has already removed any chunked framing), refusing more than
+/// `limit` bytes: early from Content-Length when declared, else as soon as the limit is crossed.
+async fn read_body(headers: &HeaderMap, body: Incoming, limit: u64) -> Result<Bytes, ProxyError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if let Some(actual) = declared.filter(|&len| len > limit) {
+        return Err(ProxyError::BodyTooLarge { actual, limit });
+    }
+    let cap = usize::try_from(limit).unwrap_or(usize::MAX);
+    match Limited::new(body, cap).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            Err(ProxyError::BodyOverLimit { limit })
+        }
+        Err(e) => Err(ProxyError::BadRequest(format!(
+            "could not read the request body: {e}"
+        ))),
+    }
+}
+
+async fn send(
+    state: &State,
+    req: Request<UpstreamBody>,
+    authority: &str,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let mut req = req;
+    *req.version_mut() = Version::HTTP_11;
+    let response = state.upstream.send(req).await.map_err(|e| match e {
+        UpstreamError::Timeout(after) => ProxyError::UpstreamTimeout {
+            authority: authority.to_owned(),
+            timeout_ms: after.as_millis(),
+        },
+        UpstreamError::Connect { reason } => ProxyError::UpstreamConnect {
+            authority: authority.to_owned(),
+            reason,
+        },
+        UpstreamError::TlsSetup(reason) => ProxyError::UpstreamConnect {
+            authority: authority.to_owned(),
+            reason,
+        },
+    })?;
+    let (mut parts, body) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    Ok(Response::from_parts(parts, body.boxed()))
+}

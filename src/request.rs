@@ -1,0 +1,121 @@
+//! From a client's request to the head that goes upstream: hop-by-hop hygiene, `Host` and
+//! `Content-Length` for the buffered body. Shared by the proxy and `signproxy sign`, so both sign
+//! and send the same bytes.
+
+use http::header::{self, HeaderName};
+use http::{HeaderMap, HeaderValue, Method};
+
+use crate::route::PROFILE_HEADER;
+use crate::sign::{RequestHead, SignError};
+
+/// Headers that describe one hop, not the request (RFC 9110 §7.6.1), plus the proxy's own.
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "proxy-connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Removes hop-by-hop headers, including any the `Connection` header names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// The head to sign for a buffered request: hop-by-hop and proxy headers removed, `Host` set to
+/// `authority`, `Content-Length` set to the buffered length (omitted for a bodiless request that
+/// never announced one).
+pub fn prepare_head(
+    method: Method,
+    authority: String,
+    path_and_query: String,
+    mut headers: HeaderMap,
+    body_len: usize,
+) -> Result<RequestHead, SignError> {
+    let announced_body = headers.contains_key(header::CONTENT_LENGTH)
+        || headers.contains_key(header::TRANSFER_ENCODING);
+    strip_hop_by_hop(&mut headers);
+    headers.remove(PROFILE_HEADER);
+    headers.remove(header::CONTENT_LENGTH);
+    let host = HeaderValue::from_str(&authority)
+        .map_err(|_| SignError::BadRequest(format!("`{authority}` is not a valid host")))?;
+    headers.insert(header::HOST, host);
+    if body_len > 0 || announced_body {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body_len));
+    }
+    let path_and_query = if path_and_query.is_empty() {
+        "/".to_owned()
+    } else {
+        path_and_query
+    };
+    Ok(RequestHead {
+        method,
+        authority,
+        path_and_query,
+        headers,
+    })
+}
+
+/// Seconds since the Unix epoch. The only clock read on the signing path.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_go() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", "keep-alive, x-custom-hop".parse().unwrap());
+        h.insert("x-custom-hop", "1".parse().unwrap());
+        h.insert("proxy-authorization", "Basic abc".parse().unwrap());
+        h.insert("x-keep", "yes".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert_eq!(h["x-keep"], "yes");
+    }
+
+    #[test]
+    fn content_length_follows_the_buffered_body() {
+        let mut h = HeaderMap::new();
+        h.insert("transfer-encoding", "chunked".parse().unwrap());
+        h.insert(PROFILE_HEADER, "default".parse().unwrap());
+        let head = prepare_head(Method::POST, "a.example".into(), "/x".into(), h, 5).unwrap();
+        assert_eq!(head.headers["content-length"], "5");
+        assert!(!head.headers.contains_key("transfer-encoding"));
+        assert!(!head.headers.contains_key(PROFILE_HEADER));
+        assert_eq!(head.headers["host"], "a.example");
+
+        let get = prepare_head(
+            Method::GET,
+            "a.example".into(),
+            "".into(),
+            HeaderMap::new(),
+            0,
+        )
+        .unwrap();
+        assert!(!get.headers.contains_key("content-length"));
+        assert_eq!(get.path_and_query, "/");
+    }
+}

@@ -1,0 +1,542 @@
+//! TikTok Shop request signing (API 202309+): HMAC-SHA256 over path, sorted decoded query and the
+//! exact body bytes, wrapped in the app secret. Pure.
+
+use hmac::{Hmac, Mac};
+use http::{HeaderName, HeaderValue};
+use sha2::Sha256;
+
+use super::{media_type, RequestHead, SignError, Signed};
+use crate::secret::Secret;
+
+/// Query parameters the proxy owns: whatever the client sent under these names is replaced.
+const OWNED_PARAMS: [&str; 3] = ["sign", "timestamp", "app_key"];
+/// Never part of the string to sign (spec step 1).
+const UNSIGNED_PARAMS: [&str; 2] = ["sign", "access_token"];
+const ACCESS_TOKEN_HEADER: &str = "x-tts-access-token";
+
+/// One TikTok Shop app's credentials.
+#[derive(Debug, Clone)]
+pub struct TiktokCredentials {
+    pub app_key: String,
+    pub app_secret: Secret,
+    /// Added as `shop_cipher` when the request carries none.
+    pub shop_cipher: Option<String>,
+}
+
+/// Signs `head` + `body` as of `now` (Unix seconds). `access_token` is sent as
+/// `x-tts-access-token` when the request has no such header.
+pub fn sign(
+    mut head: RequestHead,
+    body: &[u8],
+    creds: &TiktokCredentials,
+    access_token: Option<&Secret>,
+    now: u64,
+) -> Result<Signed, SignError> {
+    let path = head.path().to_owned();
+    let raw_query = head.query().unwrap_or("").to_owned();
+
+    // Keep the client's own parameters byte for byte (minus the ones we own) so that
+    // what we sign is what the server will decode.
+    let mut kept_raw: Vec<&str> = Vec::new();
+    let mut params: Vec<(String, String)> = Vec::new();
+    for pair in raw_query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = decode_pair(pair);
+        if OWNED_PARAMS.contains(&key.as_str()) {
+            continue;
+        }
+        if params.iter().any(|(k, _)| *k == key) {
+            return Err(SignError::BadRequest(format!(
+                "query parameter `{key}` appears more than once; TikTok Shop's signature \
+                 covers one value per key and its servers' handling of repeats is \
+                 undocumented: send it once (for lists, join the values as the endpoint \
+                 documents, usually with commas)"
+            )));
+        }
+        kept_raw.push(pair);
+        params.push((key, value));
+    }
+
+    let mut added: Vec<(&str, String)> = vec![("app_key", creds.app_key.clone())];
+    if let Some(cipher) = &creds.shop_cipher {
+        if !params.iter().any(|(k, _)| k == "shop_cipher") {
+            added.push(("shop_cipher", cipher.clone()));
+        }
+    }
+    added.push(("timestamp", now.to_string()));
+    for (k, v) in &added {
+        params.push(((*k).to_owned(), v.clone()));
+    }
+
+    let include_body = media_type(&head.headers).as_deref() != Some("multipart/form-data");
+    let string_to_sign = string_to_sign(&path, &params, if include_body { body } else { &[] });
+    let sign = hmac_hex(creds.app_secret.expose(), &string_to_sign);
+
+    let mut query = kept_raw.join("&");
+    for (k, v) in added
+        .iter()
+        .map(|(k, v)| (*k, v.as_str()))
+        .chain([("sign", sign.as_str())])
+    {
+        if !query.is_empty() {
+            query.push('&');
+        }
+        query.push_str(k);
+        query.push('=');
+        query.extend(form_urlencoded::byte_serialize(v.as_bytes()));
+    }
+    head.path_and_query = format!("{path}?{query}");
+
+    if let Some(token) = access_token {
+        if !head.headers.contains_key(ACCESS_TOKEN_HEADER) {
+            let value = HeaderValue::from_str(token.expose()).map_err(|_| {
+                SignError::Failed(
+                    "the profile's access_token contains characters not allowed in an HTTP \
+                     header: check the configured token for stray quotes or newlines"
+                        .to_owned(),
+                )
+            })?;
+            head.headers
+                .insert(HeaderName::from_static(ACCESS_TOKEN_HEADER), value);
+        }
+    }
+
+    let explanation = explain(&path, &params, body, include_body);
+    Ok(Signed { head, explanation })
+}
+
+/// Whether signing would inject an access token (the request carries none of its own).
+pub fn wants_access_token(head: &RequestHead) -> bool {
+    !head.headers.contains_key(ACCESS_TOKEN_HEADER)
+}
+
+/// Decodes one `key=value` pair the way the server does: `%XX` decoded, `+` is a space.
+fn decode_pair(pair: &str) -> (String, String) {
+    // form_urlencoded::parse splits on '&' itself; a single pair yields at most one item.
+    form_urlencoded::parse(pair.as_bytes())
+        .next()
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .unwrap_or_default()
+}
+
+fn sorted_params(params: &[(String, String)]) -> Vec<&(String, String)> {
+    let mut sorted: Vec<&(String, String)> = params
+        .iter()
+        .filter(|(k, _)| !UNSIGNED_PARAMS.contains(&k.as_str()))
+        .collect();
+    // Byte-wise, as the spec demands: `str` ordering is byte ordering, not locale collation.
+    sorted.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+    sorted
+}
+
+/// The string inside the secret wrapping: path, then `{key}{value}` sorted, then the body.
+pub fn string_to_sign(path: &str, params: &[(String, String)], body: &[u8]) -> Vec<u8> {
+    let mut s = Vec::with_capacity(path.len() + body.len() + 64 * params.len());
+    s.extend_from_slice(path.as_bytes());
+    for (k, v) in sorted_params(params) {
+        s.extend_from_slice(k.as_bytes());
+        s.extend_from_slice(v.as_bytes());
+    }
+    s.extend_from_slice(body);
+    s
+}
+
+/// Lowercase hex HMAC-SHA256 of `secret + string + secret`, keyed with `secret`.
+pub fn hmac_hex(secret: &str, string_to_sign: &[u8]) -> String {
+    // HMAC accepts keys of any length, so new_from_slice cannot fail here.
+    let mut mac = match Hmac::<Sha256>::new_from_slice(secret.as_bytes()) {
+        Ok(mac) => mac,
+        Err(_) => unreachable!("HMAC takes keys of any length"),
+    };
+    mac.update(secret.as_bytes());
+    mac.update(string_to_sign);
+    mac.update(secret.as_bytes());
+    hex::encode(mac.finalize().into_bytes())
+}
+
+fn explain(path: &str, params: &[(String, String)], body: &[u8], include_body: bool) -> String {
+    let inner = string_to_sign(path, params, if include_body { body } else { &[] });
+    let mut out = String::from("TikTok Shop string to sign (app_secret masked):\n");
+    out.push_str("<app_secret>");
+    out.push_str(&String::from_utf8_lossy(&inner));
+    out.push_str("<app_secret>\n");
+    let keys: Vec<&str> = sorted_params(params)
+        .iter()
+        .map(|(k, _)| k.as_str())
+        .collect();
+    out.push_str(&format!(
+        "signed params (byte-wise sorted, decoded): {}\n",
+        keys.join(", ")
+    ));
+    out.push_str(&match (include_body, body.len()) {
+        (false, _) => "body: not signed (multipart/form-data)".to_owned(),
+        (true, 0) => "body: empty".to_owned(),
+        (true, n) => format!("body: {n} bytes, signed exactly as sent"),
+    });
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::{HeaderMap, Method};
+
+    fn creds(secret: &str, key: &str) -> TiktokCredentials {
+        TiktokCredentials {
+            app_key: key.into(),
+            app_secret: Secret::new(secret),
+            shop_cipher: None,
+        }
+    }
+
+    fn head(method: Method, pq: &str, headers: &[(&str, &str)]) -> RequestHead {
+        let mut map = HeaderMap::new();
+        for (k, v) in headers {
+            map.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        RequestHead {
+            method,
+            authority: "open-api.tiktokglobalshop.com".into(),
+            path_and_query: pq.into(),
+            headers: map,
+        }
+    }
+
+    fn query_param(signed: &Signed, key: &str) -> Option<String> {
+        let q = signed.head.query().unwrap_or("");
+        form_urlencoded::parse(q.as_bytes())
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.into_owned())
+    }
+
+    fn sign_of(signed: &Signed) -> String {
+        query_param(signed, "sign").unwrap()
+    }
+
+    const VECTOR_SIGN: &str = "b596b73e0cc6de07ac26f036364178ab16b0a907af13d43f0a0cd2345f582dc8";
+
+    #[test]
+    fn official_vector() {
+        let s = sign(
+            head(Method::GET, "/authorization/202309/shops", &[]),
+            b"",
+            &creds("e59af819cc", "29a39d"),
+            None,
+            1623812664,
+        )
+        .unwrap();
+        assert_eq!(
+            s.head.path_and_query,
+            format!("/authorization/202309/shops?app_key=29a39d&timestamp=1623812664&sign={VECTOR_SIGN}")
+        );
+        assert!(s.explanation.contains(
+            "<app_secret>/authorization/202309/shopsapp_key29a39dtimestamp1623812664<app_secret>"
+        ));
+        assert!(!s.explanation.contains("e59af819cc"));
+    }
+
+    #[test]
+    fn official_string_to_sign_is_wrapped_in_the_secret() {
+        let params = vec![
+            ("app_key".to_owned(), "29a39d".to_owned()),
+            ("timestamp".to_owned(), "1623812664".to_owned()),
+        ];
+        let inner = string_to_sign("/authorization/202309/shops", &params, b"");
+        assert_eq!(
+            hmac_hex("e59af819cc", &inner),
+            VECTOR_SIGN,
+            "wrapped string: e59af819cc/authorization/202309/shopsapp_key29a39dtimestamp1623812664e59af819cc"
+        );
+        // Key only, no wrapping: a classic mistake that must not match.
+        let mut mac = Hmac::<Sha256>::new_from_slice(b"e59af819cc").unwrap();
+        mac.update(&inner);
+        assert_ne!(hex::encode(mac.finalize().into_bytes()), VECTOR_SIGN);
+    }
+
+    #[test]
+    fn body_example_string_from_the_doc() {
+        let body = br#"{"address":"https://partner.tiktokshop.com","event_type":"PACKAGE_UPDATE"}"#;
+        let mut c = creds("secret", "68xu9ks5p4i8");
+        c.shop_cipher = Some("ROW_xkMbgAAAeVAQra0eZWebFQq5aIK".into());
+        let s = sign(
+            head(
+                Method::POST,
+                "/event/202309/webhooks",
+                &[("content-type", "application/json")],
+            ),
+            body,
+            &c,
+            None,
+            1696909648,
+        )
+        .unwrap();
+        let expected = "/event/202309/webhooksapp_key68xu9ks5p4i8shop_cipherROW_xkMbgAAAeVAQra0eZWebFQq5aIKtimestamp1696909648{\"address\":\"https://partner.tiktokshop.com\",\"event_type\":\"PACKAGE_UPDATE\"}";
+        assert!(s
+            .explanation
+            .contains(&format!("<app_secret>{expected}<app_secret>")));
+        assert_eq!(sign_of(&s), hmac_hex("secret", expected.as_bytes()));
+    }
+
+    #[test]
+    fn access_token_and_client_sign_are_never_signed() {
+        let with = sign(
+            head(
+                Method::GET,
+                "/authorization/202309/shops?access_token=TTP_x&sign=deadbeef",
+                &[],
+            ),
+            b"",
+            &creds("e59af819cc", "29a39d"),
+            None,
+            1623812664,
+        )
+        .unwrap();
+        assert_eq!(sign_of(&with), VECTOR_SIGN);
+        // The client's stale sign is gone; exactly one sign remains.
+        assert_eq!(with.head.query().unwrap().matches("sign=").count(), 1);
+    }
+
+    #[test]
+    fn path_is_part_of_the_signature() {
+        let a = sign(
+            head(Method::GET, "/a/202309/x", &[]),
+            b"",
+            &creds("s", "k"),
+            None,
+            1,
+        )
+        .unwrap();
+        let b = sign(
+            head(Method::GET, "/b/202309/x", &[]),
+            b"",
+            &creds("s", "k"),
+            None,
+            1,
+        )
+        .unwrap();
+        assert_ne!(sign_of(&a), sign_of(&b));
+    }
+
+    #[test]
+    fn body_bytes_are_signed_exactly() {
+        let h = || head(Method::POST, "/p", &[("content-type", "application/json")]);
+        let a = sign(h(), br#"{"a": 1}"#, &creds("s", "k"), None, 1).unwrap();
+        let b = sign(h(), br#"{"a":1}"#, &creds("s", "k"), None, 1).unwrap();
+        let empty = sign(h(), b"", &creds("s", "k"), None, 1).unwrap();
+        assert_ne!(
+            sign_of(&a),
+            sign_of(&b),
+            "whitespace must change the signature"
+        );
+        assert_ne!(
+            sign_of(&a),
+            sign_of(&empty),
+            "the body must not be omitted on POST"
+        );
+        assert_eq!(
+            sign_of(&a),
+            hmac_hex("s", b"/papp_keyktimestamp1{\"a\": 1}"),
+            "body appended after the params"
+        );
+    }
+
+    #[test]
+    fn timestamp_is_seconds_and_replaces_the_clients_stale_one() {
+        let s = sign(
+            head(Method::GET, "/p?timestamp=1600000000000&app_key=wrong", &[]),
+            b"",
+            &creds("s", "k"),
+            None,
+            1700000000,
+        )
+        .unwrap();
+        assert_eq!(query_param(&s, "timestamp").as_deref(), Some("1700000000"));
+        assert_eq!(query_param(&s, "app_key").as_deref(), Some("k"));
+        assert_eq!(s.head.query().unwrap().matches("timestamp=").count(), 1);
+        assert_eq!(s.head.query().unwrap().matches("app_key=").count(), 1);
+        assert_eq!(sign_of(&s), hmac_hex("s", b"/papp_keyktimestamp1700000000"));
+    }
+
+    #[test]
+    fn sign_is_lowercase_hex() {
+        let s = sign(head(Method::GET, "/p", &[]), b"", &creds("s", "k"), None, 1).unwrap();
+        let sig = sign_of(&s);
+        assert_eq!(sig.len(), 64);
+        assert!(sig
+            .chars()
+            .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)));
+    }
+
+    #[test]
+    fn values_are_signed_decoded() {
+        let s = sign(
+            head(Method::GET, "/p?page_token=abc%3D%3D&q=a+b%20c", &[]),
+            b"",
+            &creds("s", "k"),
+            None,
+            1,
+        )
+        .unwrap();
+        assert_eq!(
+            sign_of(&s),
+            hmac_hex("s", b"/papp_keykpage_tokenabc==qa b ctimestamp1")
+        );
+        // ... while the wire keeps the client's encoding untouched.
+        assert!(s
+            .head
+            .path_and_query
+            .starts_with("/p?page_token=abc%3D%3D&q=a+b%20c&"));
+    }
+
+    #[test]
+    fn keys_sort_byte_wise_not_by_insertion_or_locale() {
+        // Byte order puts "Z" before "a" and "_" after upper-case letters; locale collation would not.
+        let s = sign(
+            head(Method::GET, "/p?b=1&a=2&Z=3&a_b=4&aB=5", &[]),
+            b"",
+            &creds("s", "k"),
+            None,
+            1,
+        )
+        .unwrap();
+        assert_eq!(
+            sign_of(&s),
+            hmac_hex("s", b"/pZ3a2aB5a_b4app_keykb1timestamp1")
+        );
+    }
+
+    #[test]
+    fn empty_values_keep_their_key() {
+        let s = sign(
+            head(Method::GET, "/p?e=&f", &[]),
+            b"",
+            &creds("s", "k"),
+            None,
+            1,
+        )
+        .unwrap();
+        assert_eq!(sign_of(&s), hmac_hex("s", b"/papp_keykeftimestamp1"));
+    }
+
+    #[test]
+    fn multipart_body_is_excluded_by_media_type_even_with_boundary() {
+        let body = b"--xyz\r\nContent-Disposition: form-data; name=\"f\"\r\n\r\nhi\r\n--xyz--\r\n";
+        let s = sign(
+            head(
+                Method::POST,
+                "/p",
+                &[("content-type", "multipart/form-data; boundary=xyz")],
+            ),
+            body,
+            &creds("s", "k"),
+            None,
+            1,
+        )
+        .unwrap();
+        assert_eq!(sign_of(&s), hmac_hex("s", b"/papp_keyktimestamp1"));
+        // A JSON body with the same bytes is signed.
+        let j = sign(
+            head(Method::POST, "/p", &[("content-type", "application/json")]),
+            body,
+            &creds("s", "k"),
+            None,
+            1,
+        )
+        .unwrap();
+        assert_ne!(sign_of(&j), sign_of(&s));
+    }
+
+    #[test]
+    fn duplicate_keys_are_refused() {
+        let err = sign(
+            head(Method::GET, "/p?ids=1&ids=2", &[]),
+            b"",
+            &creds("s", "k"),
+            None,
+            1,
+        )
+        .unwrap_err();
+        match err {
+            SignError::BadRequest(m) => assert!(m.contains("`ids` appears more than once"), "{m}"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn shop_cipher_and_token_added_only_when_absent() {
+        let mut c = creds("s", "k");
+        c.shop_cipher = Some("ROW_profile".into());
+        let token = Secret::new("TTP_profile_token");
+        let s = sign(head(Method::GET, "/p", &[]), b"", &c, Some(&token), 1).unwrap();
+        assert_eq!(
+            query_param(&s, "shop_cipher").as_deref(),
+            Some("ROW_profile")
+        );
+        assert_eq!(s.head.headers["x-tts-access-token"], "TTP_profile_token");
+        assert_eq!(
+            sign_of(&s),
+            hmac_hex("s", b"/papp_keykshop_cipherROW_profiletimestamp1")
+        );
+        assert!(!s.explanation.contains("TTP_profile_token"));
+
+        let own = sign(
+            head(
+                Method::GET,
+                "/p?shop_cipher=ROW_own",
+                &[("x-tts-access-token", "TTP_own")],
+            ),
+            b"",
+            &c,
+            Some(&token),
+            1,
+        )
+        .unwrap();
+        assert_eq!(query_param(&own, "shop_cipher").as_deref(), Some("ROW_own"));
+        assert_eq!(own.head.headers["x-tts-access-token"], "TTP_own");
+        assert_eq!(own.head.query().unwrap().matches("shop_cipher=").count(), 1);
+    }
+
+    #[test]
+    fn each_timestamp_gives_a_fresh_signature() {
+        let a = sign(
+            head(Method::GET, "/p", &[]),
+            b"",
+            &creds("s", "k"),
+            None,
+            100,
+        )
+        .unwrap();
+        let b = sign(
+            head(Method::GET, "/p", &[]),
+            b"",
+            &creds("s", "k"),
+            None,
+            101,
+        )
+        .unwrap();
+        assert_ne!(sign_of(&a), sign_of(&b));
+    }
+
+    #[test]
+    fn mismatched_credentials_change_the_signature() {
+        let a = sign(
+            head(Method::GET, "/p", &[]),
+            b"",
+            &creds("sandbox", "k"),
+            None,
+            1,
+        )
+        .unwrap();
+        let b = sign(
+            head(Method::GET, "/p", &[]),
+            b"",
+            &creds("prod", "k"),
+            None,
+            1,
+        )
+        .unwrap();
+        assert_ne!(sign_of(&a), sign_of(&b));
+    }
+}

@@ -1,0 +1,535 @@
+//! Access-token lifecycle: where a profile's token comes from (none, static, or managed), and the
+//! [`TokenManager`] that obtains managed tokens, refreshes them ahead of expiry (one refresh at a
+//! time per profile, a cooldown after failures), persists them before use, and never hands out a
+//! token past its expiry.
+
+pub mod endpoint;
+pub mod store;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use sha2::{Digest, Sha256};
+
+use crate::config::{Config, Profile};
+use crate::secret::Secret;
+use crate::upstream::{BoxError, Upstream};
+use endpoint::{ebay_token_request, parse_ebay_grant, parse_tiktok_grant, tiktok_refresh_request};
+pub use endpoint::{EBAY_PRODUCTION_TOKEN_URL, EBAY_SANDBOX_TOKEN_URL, TIKTOK_REFRESH_URL};
+use store::{StoredProfile, TokenStore};
+
+/// Refresh this long before expiry at most (less for short-lived tokens: half their lifetime).
+const REFRESH_MARGIN_SECS: u64 = 300;
+/// Up to this much extra, at random, so that many proxies do not refresh in the same second.
+const REFRESH_JITTER_SECS: u64 = 60;
+const COOLDOWN_FIRST: Duration = Duration::from_secs(1);
+const COOLDOWN_MAX: Duration = Duration::from_secs(60);
+/// Token endpoint answers are small; anything bigger is not a grant.
+const MAX_GRANT_BYTES: usize = 1 << 20;
+
+/// Where a profile's access token comes from.
+#[derive(Debug, Clone)]
+pub enum TokenSource {
+    None,
+    /// A token in the config, used as is.
+    Static(Secret),
+    /// TikTok Shop: refresh-token grants against auth.tiktok-shops.com (refresh tokens rotate).
+    TiktokRefresh {
+        app_key: String,
+        app_secret: Secret,
+        refresh_token: Secret,
+    },
+    /// eBay OAuth: the refresh-token grant (user token) or client credentials (application token).
+    EbayOAuth {
+        client_id: String,
+        client_secret: Secret,
+        refresh_token: Option<Secret>,
+        scopes: Vec<String>,
+        token_url: String,
+    },
+}
+
+impl TokenSource {
+    pub fn is_managed(&self) -> bool {
+        matches!(
+            self,
+            TokenSource::TiktokRefresh { .. } | TokenSource::EbayOAuth { .. }
+        )
+    }
+
+    /// Whether an API answer means "this access token has expired" for this marketplace.
+    pub fn is_expired_answer(&self, status: u16, body: &[u8]) -> bool {
+        match self {
+            TokenSource::TiktokRefresh { .. } => endpoint::tiktok_token_expired(body),
+            TokenSource::EbayOAuth { .. } => endpoint::ebay_token_expired(status, body),
+            TokenSource::None | TokenSource::Static(_) => false,
+        }
+    }
+
+    /// A fingerprint of the configured credential that stored state descends from: when the
+    /// config changes (a new authorization), stored tokens no longer apply.
+    fn seed(&self) -> String {
+        let mut hash = Sha256::new();
+        match self {
+            TokenSource::TiktokRefresh {
+                app_key,
+                refresh_token,
+                ..
+            } => {
+                hash.update(b"tiktok\0");
+                hash.update(app_key.as_bytes());
+                hash.update(b"\0");
+                hash.update(refresh_token.expose().as_bytes());
+            }
+            TokenSource::EbayOAuth {
+                client_id,
+                refresh_token,
+                scopes,
+                token_url,
+                ..
+            } => {
+                hash.update(b"ebay\0");
+                hash.update(client_id.as_bytes());
+                hash.update(b"\0");
+                hash.update(
+                    refresh_token
+                        .as_ref()
+                        .map(|t| t.expose())
+                        .unwrap_or("")
+                        .as_bytes(),
+                );
+                hash.update(b"\0");
+                hash.update(scopes.join(" ").as_bytes());
+                hash.update(b"\0");
+                hash.update(token_url.as_bytes());
+            }
+            TokenSource::None | TokenSource::Static(_) => {}
+        }
+        hex::encode(&hash.finalize()[..12])
+    }
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum TokenError {
+    #[error("no valid access token for profile {profile}: {reason}")]
+    Unavailable { profile: String, reason: String },
+    #[error(transparent)]
+    Store(Arc<store::StoreError>),
+}
+
+#[derive(Clone)]
+struct Access {
+    token: Secret,
+    expires_at: u64,
+    /// When to start refreshing (before `expires_at`, with jitter).
+    refresh_at: u64,
+}
+
+#[derive(Default)]
+struct EntryState {
+    access: Option<Access>,
+    /// The current refresh token: the config's, or a newer rotated one.
+    refresh_token: Option<Secret>,
+    refresh_expires_at: Option<u64>,
+    failures: u32,
+    cooldown_until: Option<Instant>,
+    last_error: Option<String>,
+}
+
+struct Entry {
+    name: String,
+    source: TokenSource,
+    seed: String,
+    state: Mutex<EntryState>,
+    /// Serializes refreshes: concurrent requests wait for the one in flight.
+    refreshing: tokio::sync::Mutex<()>,
+}
+
+impl Entry {
+    fn lock(&self) -> std::sync::MutexGuard<'_, EntryState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn valid_access(&self, now: u64) -> Option<Access> {
+        self.lock().access.clone().filter(|a| now < a.expires_at)
+    }
+
+    fn fresh_access(&self, now: u64) -> Option<Access> {
+        self.lock().access.clone().filter(|a| now < a.refresh_at)
+    }
+}
+
+/// Owns every managed profile's tokens.
+pub struct TokenManager {
+    entries: HashMap<String, Arc<Entry>>,
+    store: Option<TokenStore>,
+    upstream: Upstream,
+}
+
+impl std::fmt::Debug for TokenManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenManager")
+            .field("profiles", &self.entries.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl TokenManager {
+    /// Sets up managed profiles, resuming from the state folder's token file. Returns warnings
+    /// to log (a corrupt file set aside).
+    pub fn new(
+        config: &Config,
+        upstream: Upstream,
+    ) -> Result<(TokenManager, Vec<String>), TokenError> {
+        let managed: Vec<&Arc<Profile>> = config
+            .profiles
+            .iter()
+            .filter(|p| p.token.is_managed())
+            .collect();
+        let mut warnings = Vec::new();
+        let store = if managed.is_empty() {
+            None
+        } else {
+            let (store, warning) = TokenStore::open(&config.proxy.state_dir)
+                .map_err(|e| TokenError::Store(Arc::new(e)))?;
+            warnings.extend(warning);
+            Some(store)
+        };
+        let now = crate::request::unix_now();
+        let mut entries = HashMap::new();
+        for profile in managed {
+            let name = profile.qualified_name();
+            let seed = profile.token.seed();
+            let mut state = EntryState {
+                refresh_token: match &profile.token {
+                    TokenSource::TiktokRefresh { refresh_token, .. } => Some(refresh_token.clone()),
+                    TokenSource::EbayOAuth { refresh_token, .. } => refresh_token.clone(),
+                    _ => None,
+                },
+                ..EntryState::default()
+            };
+            // Stored state wins only if it descends from the configured credential.
+            if let Some(stored) = store
+                .as_ref()
+                .and_then(|s| s.get(&name))
+                .filter(|s| s.seed == seed)
+            {
+                if let Some(rt) = stored.refresh_token.clone() {
+                    state.refresh_token = Some(Secret::new(rt));
+                    state.refresh_expires_at = stored.refresh_expires_at;
+                }
+                if let (Some(token), Some(expires_at)) =
+                    (stored.access_token.clone(), stored.expires_at)
+                {
+                    if now < expires_at {
+                        let obtained = stored.obtained_at.unwrap_or(now);
+                        state.access = Some(Access {
+                            token: Secret::new(token),
+                            expires_at,
+                            refresh_at: refresh_at(obtained, expires_at),
+                        });
+                    }
+                }
+            }
+            entries.insert(
+                name.clone(),
+                Arc::new(Entry {
+                    name,
+                    source: profile.token.clone(),
+                    seed,
+                    state: Mutex::new(state),
+                    refreshing: tokio::sync::Mutex::new(()),
+                }),
+            );
+        }
+        Ok((
+            TokenManager {
+                entries,
+                store,
+                upstream,
+            },
+            warnings,
+        ))
+    }
+
+    /// The token to inject for `profile` as of `now`, or `None` when the profile has none.
+    pub async fn token(&self, profile: &Profile, now: u64) -> Result<Option<Secret>, TokenError> {
+        let entry = match &profile.token {
+            TokenSource::None => return Ok(None),
+            TokenSource::Static(token) => return Ok(Some(token.clone())),
+            _ => self.entry(profile)?,
+        };
+        if let Some(access) = entry.fresh_access(now) {
+            return Ok(Some(access.token));
+        }
+        let _refreshing = match entry.refreshing.try_lock() {
+            Ok(guard) => guard,
+            // A refresh ahead of expiry is under way: no need to wait while the token still works.
+            Err(_) => match entry.valid_access(now) {
+                Some(access) => return Ok(Some(access.token)),
+                None => entry.refreshing.lock().await,
+            },
+        };
+        if let Some(access) = entry.fresh_access(now) {
+            return Ok(Some(access.token));
+        }
+        self.refresh_locked(&entry, now).await.map(Some)
+    }
+
+    /// After the marketplace answered "token expired" for `rejected`: one refresh (unless another
+    /// request already replaced that token) and the new token.
+    pub async fn refresh_after_rejection(
+        &self,
+        profile: &Profile,
+        rejected: &Secret,
+        now: u64,
+    ) -> Result<Secret, TokenError> {
+        let entry = self.entry(profile)?;
+        let _refreshing = entry.refreshing.lock().await;
+        {
+            let mut state = entry.lock();
+            match &state.access {
+                Some(a) if a.token != *rejected && now < a.expires_at => {
+                    return Ok(a.token.clone())
+                }
+                // The marketplace says this token is dead, whatever its stated expiry.
+                Some(a) if a.token == *rejected => state.access = None,
+                _ => {}
+            }
+        }
+        self.refresh_locked(&entry, now).await
+    }
+
+    /// Whether every managed profile holds a token valid at `now`, with a reason per profile
+    /// that does not. For readiness checks.
+    pub fn status(&self, now: u64) -> Vec<(String, Result<u64, String>)> {
+        let mut out: Vec<(String, Result<u64, String>)> = self
+            .entries
+            .values()
+            .map(|e| {
+                let state = e.lock();
+                let status = match &state.access {
+                    Some(a) if now < a.expires_at => Ok(a.expires_at),
+                    _ => Err(state
+                        .last_error
+                        .clone()
+                        .unwrap_or_else(|| "no access token obtained yet".to_owned())),
+                };
+                (e.name.clone(), status)
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    fn entry(&self, profile: &Profile) -> Result<Arc<Entry>, TokenError> {
+        let name = profile.qualified_name();
+        self.entries
+            .get(&name)
+            .cloned()
+            .ok_or(TokenError::Unavailable {
+                profile: name,
+                reason: "the profile's tokens are not managed by this proxy instance".to_owned(),
+            })
+    }
+
+    /// Refreshes with the entry's refresh lock held; on failure falls back to a still-valid
+    /// token, else reports why none is available.
+    async fn refresh_locked(&self, entry: &Entry, now: u64) -> Result<Secret, TokenError> {
+        let unavailable = |reason: String| TokenError::Unavailable {
+            profile: entry.name.clone(),
+            reason,
+        };
+        let cooling = {
+            let state = entry.lock();
+            state
+                .cooldown_until
+                .filter(|until| Instant::now() < *until)
+                .map(|_| state.last_error.clone().unwrap_or_default())
+        };
+        if let Some(last_error) = cooling {
+            return match entry.valid_access(now) {
+                Some(access) => Ok(access.token),
+                None => Err(unavailable(format!("{last_error} (retrying shortly)"))),
+            };
+        }
+        match self.fetch(entry, now).await {
+            Ok(access) => {
+                tracing::info!(
+                    profile = %entry.name,
+                    expires_in_s = access.expires_at.saturating_sub(now),
+                    "access token refreshed"
+                );
+                Ok(access.token)
+            }
+            Err(reason) => {
+                let mut state = entry.lock();
+                state.failures = state.failures.saturating_add(1);
+                let backoff = COOLDOWN_FIRST
+                    .saturating_mul(1u32 << state.failures.saturating_sub(1).min(6))
+                    .min(COOLDOWN_MAX);
+                state.cooldown_until = Some(Instant::now() + backoff);
+                state.last_error = Some(reason.clone());
+                drop(state);
+                tracing::warn!(profile = %entry.name, error = %reason, "access token refresh failed");
+                match entry.valid_access(now) {
+                    Some(access) => Ok(access.token),
+                    None => Err(unavailable(reason)),
+                }
+            }
+        }
+    }
+
+    /// One call to the token endpoint; the result is persisted before it is used.
+    async fn fetch(&self, entry: &Entry, now: u64) -> Result<Access, String> {
+        let refresh_token = entry.lock().refresh_token.clone();
+        let request = match &entry.source {
+            TokenSource::TiktokRefresh {
+                app_key,
+                app_secret,
+                ..
+            } => {
+                let rt = refresh_token.ok_or("no refresh token")?;
+                tiktok_refresh_request(TIKTOK_REFRESH_URL, app_key, app_secret, &rt)
+            }
+            TokenSource::EbayOAuth {
+                client_id,
+                client_secret,
+                scopes,
+                token_url,
+                ..
+            } => ebay_token_request(
+                token_url,
+                client_id,
+                client_secret,
+                refresh_token.as_ref(),
+                scopes,
+            ),
+            TokenSource::None | TokenSource::Static(_) => {
+                return Err("the profile has no token endpoint".to_owned())
+            }
+        }
+        .map_err(|e| e.to_string())?;
+        let request = request.map(|body: Bytes| {
+            Full::new(body)
+                .map_err(|never| -> BoxError { match never {} })
+                .boxed()
+        });
+        // Never log the request: TikTok's carries the app secret in its URL.
+        let response = self
+            .upstream
+            .send(request)
+            .await
+            .map_err(|e| format!("the token endpoint could not be reached: {e}"))?;
+        let status = response.status().as_u16();
+        let body = Limited::new(response.into_body(), MAX_GRANT_BYTES)
+            .collect()
+            .await
+            .map_err(|e| format!("reading the token endpoint's answer failed: {e}"))?
+            .to_bytes();
+        let grant = match &entry.source {
+            TokenSource::TiktokRefresh { .. } => parse_tiktok_grant(status, &body),
+            _ => parse_ebay_grant(status, &body, now),
+        }
+        .map_err(|e| e.to_string())?;
+        if grant.expires_at <= now {
+            return Err(format!(
+                "the token endpoint granted a token that expired already (at {}, now {now}): check the machine's clock",
+                grant.expires_at
+            ));
+        }
+        let access = Access {
+            token: grant.access_token.clone(),
+            expires_at: grant.expires_at,
+            refresh_at: refresh_at(now, grant.expires_at),
+        };
+        let (refresh_token, refresh_expires_at) = {
+            let state = entry.lock();
+            match grant.refresh_token {
+                Some(rotated) => (Some(rotated), grant.refresh_expires_at),
+                None => (state.refresh_token.clone(), state.refresh_expires_at),
+            }
+        };
+        if let Some(store) = &self.store {
+            let stored = StoredProfile {
+                seed: entry.seed.clone(),
+                access_token: Some(access.token.expose().to_owned()),
+                expires_at: Some(access.expires_at),
+                obtained_at: Some(now),
+                refresh_token: refresh_token.as_ref().map(|t| t.expose().to_owned()),
+                refresh_expires_at,
+            };
+            // A rotated refresh token may have invalidated the old one: the new one must reach
+            // the disk before anything uses it. If it cannot, keep going in memory but say so.
+            if let Err(e) = store.put(&entry.name, stored) {
+                tracing::error!(profile = %entry.name, error = %e, "could not persist the new tokens; a restart would lose them");
+            }
+        }
+        let mut state = entry.lock();
+        state.access = Some(access.clone());
+        state.refresh_token = refresh_token;
+        state.refresh_expires_at = refresh_expires_at;
+        state.failures = 0;
+        state.cooldown_until = None;
+        state.last_error = None;
+        Ok(access)
+    }
+}
+
+/// When to refresh a token obtained at `obtained` that expires at `expires_at`.
+fn refresh_at(obtained: u64, expires_at: u64) -> u64 {
+    let lifetime = expires_at.saturating_sub(obtained);
+    let margin = (lifetime / 2).min(REFRESH_MARGIN_SECS);
+    let jitter_max = (lifetime / 10).min(REFRESH_JITTER_SECS);
+    expires_at.saturating_sub(margin + random_below(jitter_max + 1))
+}
+
+/// A little randomness without a dependency: std's per-process random hash keys.
+fn random_below(bound: u64) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.finish() % bound.max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refresh_happens_before_expiry_with_bounded_jitter() {
+        for _ in 0..50 {
+            // eBay: 2 h tokens refresh 5 to 6 minutes early.
+            let at = refresh_at(0, 7200);
+            assert!((7200 - 360..=7200 - 300).contains(&at), "{at}");
+            // Short-lived tokens refresh after about half their life, never after expiry.
+            let short = refresh_at(1000, 1030);
+            assert!((1012..=1015).contains(&short), "{short}");
+        }
+        assert_eq!(refresh_at(5, 5), 5);
+    }
+
+    #[test]
+    fn seed_changes_with_the_configured_credential() {
+        let a = TokenSource::TiktokRefresh {
+            app_key: "k".into(),
+            app_secret: Secret::new("s"),
+            refresh_token: Secret::new("rt1"),
+        };
+        let b = TokenSource::TiktokRefresh {
+            app_key: "k".into(),
+            app_secret: Secret::new("s"),
+            refresh_token: Secret::new("rt2"),
+        };
+        assert_ne!(a.seed(), b.seed());
+        assert!(!a.seed().contains("rt1"));
+    }
+}

@@ -1,0 +1,190 @@
+//! The client side: one pooled, keep-alive hyper client over rustls (web roots + `ca_file`),
+//! dialling through `connect_to` overrides while keeping Host, SNI and certificate checks.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, Uri};
+use http_body_util::combinators::BoxBody;
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpStream;
+
+use crate::config::UpstreamSettings;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// Request bodies sent upstream: buffered (signed) or streamed (passthrough).
+pub type UpstreamBody = BoxBody<Bytes, BoxError>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("{reason}")]
+    Connect { reason: String },
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    #[error("TLS setup failed: {0}")]
+    TlsSetup(String),
+}
+
+/// The shared upstream client. Cloning is cheap and shares the pool.
+#[derive(Clone)]
+pub struct Upstream {
+    client: Client<HttpsConnector<Dialer>, UpstreamBody>,
+    dialer: Dialer,
+    request_timeout: Duration,
+}
+
+impl Upstream {
+    pub fn new(settings: &UpstreamSettings) -> Result<Self, UpstreamError> {
+        let tls = client_tls_config(&settings.extra_roots)?;
+        let dialer = Dialer {
+            connect_to: Arc::new(settings.connect_to.clone()),
+            timeout: settings.connect_timeout,
+        };
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(dialer.clone());
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(256)
+            .build(connector);
+        Ok(Upstream {
+            client,
+            dialer,
+            request_timeout: settings.request_timeout,
+        })
+    }
+
+    /// Sends one request and waits (up to the request timeout) for the response head; the body
+    /// then streams.
+    pub async fn send(
+        &self,
+        req: Request<UpstreamBody>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        match tokio::time::timeout(self.request_timeout, self.client.request(req)).await {
+            Err(_) => Err(UpstreamError::Timeout(self.request_timeout)),
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(e)) => Err(UpstreamError::Connect {
+                reason: describe_client_error(&e),
+            }),
+        }
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        self.request_timeout
+    }
+
+    pub fn connect_to(&self) -> &BTreeMap<String, String> {
+        &self.dialer.connect_to
+    }
+
+    pub fn connect_timeout(&self) -> Duration {
+        self.dialer.timeout
+    }
+}
+
+/// rustls client config trusting the web roots plus `extra_roots`, with the ring provider.
+pub fn client_tls_config(
+    extra_roots: &[rustls_pki_types::CertificateDer<'static>],
+) -> Result<rustls::ClientConfig, UpstreamError> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    for cert in extra_roots {
+        roots
+            .add(cert.clone())
+            .map_err(|e| UpstreamError::TlsSetup(format!("[upstream] ca_file: {e}")))?;
+    }
+    // No ALPN here: the hyper-rustls connector sets it (and panics if it is already set).
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| UpstreamError::TlsSetup(e.to_string()))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(config)
+}
+
+/// Flattens an error chain into one sentence, with a hint for the usual TLS trust problem.
+fn describe_client_error(e: &hyper_util::client::legacy::Error) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        let text = s.to_string();
+        if parts.last() != Some(&text) {
+            parts.push(text);
+        }
+        source = s.source();
+    }
+    let mut reason = parts.join(": ");
+    if reason.contains("UnknownIssuer") || reason.contains("invalid peer certificate") {
+        reason.push_str(" (if this upstream uses a private CA, add its PEM to [upstream] ca_file)");
+    }
+    reason
+}
+
+/// Dials TCP for the TLS connector, applying `connect_to` and the connect timeout.
+#[derive(Clone)]
+pub struct Dialer {
+    connect_to: Arc<BTreeMap<String, String>>,
+    timeout: Duration,
+}
+
+impl tower_service::Service<Uri> for Dialer {
+    type Response = TokioIo<TcpStream>;
+    type Error = io::Error;
+    type Future = Pin<Box<dyn Future<Output = io::Result<Self::Response>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let host = uri.host().unwrap_or_default().to_ascii_lowercase();
+        let default_port = if uri.scheme_str() == Some("http") {
+            80
+        } else {
+            443
+        };
+        let port = uri.port_u16().unwrap_or(default_port);
+        let connect_to = Arc::clone(&self.connect_to);
+        let timeout = self.timeout;
+        Box::pin(async move {
+            let stream = dial(&connect_to, &host, port, timeout).await?;
+            Ok(TokioIo::new(stream))
+        })
+    }
+}
+
+/// Opens a TCP connection to `host:port`, or to its `connect_to` override.
+pub async fn dial(
+    connect_to: &BTreeMap<String, String>,
+    host: &str,
+    port: u16,
+    timeout: Duration,
+) -> io::Result<TcpStream> {
+    let key = format!("{}:{port}", host.to_ascii_lowercase());
+    let target = connect_to.get(&key).map(String::as_str).unwrap_or(&key);
+    let stream = tokio::time::timeout(timeout, TcpStream::connect(target))
+        .await
+        .map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("TCP connect to {target} timed out after {timeout:?} ([upstream] connect_timeout_ms)"),
+            )
+        })?
+        .map_err(|e| io::Error::new(e.kind(), format!("TCP connect to {target}: {e}")))?;
+    // Latency matters more than packet count for request/response traffic.
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}

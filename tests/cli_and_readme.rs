@@ -1,0 +1,303 @@
+//! The CLI contract (`check`, `sign`) and every README example that can run on loopback: the
+//! quickstart `sign` output, the config blocks, the example config, and the quickstart curl call
+//! through a proxy running the example config.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::proxy::ProxyHarness;
+use common::*;
+
+fn signproxy(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_signproxy"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("run signproxy")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn readme() -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap()
+}
+
+/// The fenced blocks of the README with the given info string, in order.
+fn fenced_blocks(text: &str, info: &str) -> Vec<String> {
+    let mut blocks = Vec::new();
+    let mut current: Option<String> = None;
+    for line in text.lines() {
+        match &mut current {
+            None if line.trim_end() == format!("```{info}") => current = Some(String::new()),
+            Some(block) if line.trim_end() == "```" => {
+                blocks.push(std::mem::take(block));
+                current = None;
+            }
+            Some(block) => {
+                block.push_str(line);
+                block.push('\n');
+            }
+            None => {}
+        }
+    }
+    blocks
+}
+
+/// A `sh` block's commands with `\` continuations joined and comments dropped.
+fn commands(block: &str) -> Vec<String> {
+    let joined = block.replace("\\\n", " ");
+    joined
+        .lines()
+        .map(|l| l.split(" # ").next().unwrap_or("").trim().to_owned())
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect()
+}
+
+/// Splits a shell line into words, honouring single quotes (all the README uses).
+fn shell_words(line: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let mut quoted = false;
+    let mut any = false;
+    for c in line.chars() {
+        match c {
+            '\'' => {
+                quoted = !quoted;
+                any = true;
+            }
+            ' ' if !quoted => {
+                if any {
+                    words.push(std::mem::take(&mut word));
+                    any = false;
+                }
+            }
+            _ => {
+                word.push(c);
+                any = true;
+            }
+        }
+    }
+    if any {
+        words.push(word);
+    }
+    words
+}
+
+#[test]
+fn readme_quickstart_has_exactly_the_two_commands() {
+    let quickstart = &fenced_blocks(&readme(), "sh")[0];
+    assert_eq!(
+        commands(quickstart),
+        vec![
+            "cargo run --release -- run --config config/signproxy.example.toml",
+            "cargo test",
+        ]
+    );
+    let ci =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(".ci/run")).unwrap();
+    assert!(
+        ci.lines()
+            .any(|l| l.trim() == "cargo test --locked" || l.trim() == "cargo test"),
+        "CI runs the README's test command"
+    );
+}
+
+#[test]
+fn readme_sign_example_prints_exactly_what_the_readme_shows() {
+    let text = readme();
+    let sh = fenced_blocks(&text, "sh");
+    let line = commands(&sh[1])
+        .into_iter()
+        .find(|c| c.contains(" sign "))
+        .expect("a sign example");
+    let words = shell_words(&line);
+    let after_dashdash = words.iter().position(|w| w == "--").unwrap() + 1;
+    let args: Vec<&str> = words[after_dashdash..].iter().map(String::as_str).collect();
+    let out = signproxy(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let shown = &fenced_blocks(&text, "text")[0];
+    assert_eq!(stdout(&out).trim_end(), shown.trim_end());
+    assert!(stdout(&out)
+        .contains("sign=b596b73e0cc6de07ac26f036364178ab16b0a907af13d43f0a0cd2345f582dc8"));
+}
+
+#[test]
+fn readme_config_reference_block_is_valid_config() {
+    let block = fenced_blocks(&readme(), "toml")[0].clone();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("ebay-signing-key.pem"),
+        common::keys::RFC9421_ED25519_PRIVATE_PEM,
+    )
+    .unwrap();
+    std::env::set_var("TIKTOK_APP_SECRET", "readme-secret");
+    std::env::set_var("TIKTOK_ACCESS_TOKEN", "readme-token");
+    std::env::set_var("EBAY_SIGNATURE_JWE", "readme-jwe");
+    std::env::set_var("EBAY_TOKEN", "readme-ebay-token");
+    let config = signproxy::config::Config::from_toml_str(&block, dir.path())
+        .unwrap_or_else(|e| panic!("README config block: {e}"));
+    assert_eq!(config.profiles.len(), 2);
+    assert_eq!(
+        config.upstream.connect_to["api.ebay.com:443"],
+        "127.0.0.1:9443"
+    );
+}
+
+#[test]
+fn shipped_example_config_checks_and_lists_routes() {
+    let out = signproxy(&["check", "--config", "config/signproxy.example.toml"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let s = stdout(&out);
+    assert!(
+        s.contains("open-api.tiktokglobalshop.com -> tiktok.default"),
+        "{s}"
+    );
+    assert!(s.contains("api.ebay.com, apiz.ebay.com, api.sandbox.ebay.com, apiz.sandbox.ebay.com -> ebay.default"), "{s}");
+    assert!(s.contains("403 host_not_allowed"));
+}
+
+#[tokio::test]
+async fn readme_quickstart_curl_works_against_the_example_config() {
+    if !require_curl("readme_quickstart_curl_works_against_the_example_config") {
+        return;
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let example = std::fs::read_to_string(root.join("config/signproxy.example.toml")).unwrap();
+    let ca = TestCa::new();
+    let upstream = TestUpstream::start(&ca, Verifier::tiktok("29a39d", "e59af819cc"));
+    // The example config as shipped, pointed at the local stand-in instead of the internet.
+    let config = example
+        .replace("[proxy]\n", "[proxy]\nstate_dir = \"@STATE@\"\n")
+        .replace(
+            "connect_to = {}",
+            "connect_to = @CONNECT_TO@\nca_file = \"@CA_FILE@\"",
+        );
+    let proxy = ProxyHarness::start(&config, &ca, Some(&upstream)).await;
+    let sh = fenced_blocks(&readme(), "sh");
+    let line = commands(&sh[1])
+        .into_iter()
+        .find(|c| c.starts_with("curl "))
+        .expect("a curl example");
+    let line = line.replace("127.0.0.1:8080", &proxy.addr.to_string());
+    let words = shell_words(&line);
+    let args: Vec<&str> = words[1..].iter().map(String::as_str).collect();
+    let out = curl(&args).await;
+    assert_eq!(out.status, 200, "{}", out.stderr);
+    let r = upstream.last_request();
+    assert!(r.signature.ok, "{:?}", r.signature.error);
+}
+
+#[test]
+fn check_reports_file_key_and_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    let cases: [(&str, &[&str]); 5] = [
+        ("[proxy]\nlisten = \"nope\"\n", &["proxy.listen", "IP:PORT"]),
+        (
+            "[proxy]\nlisten_addr = \"127.0.0.1:1\"\n",
+            &["unknown field `listen_addr`", "line 2"],
+        ),
+        (
+            "[tiktok.shop]\napp_key = \"k\"\napp_secret = { env = \"SIGNPROXY_CLI_TEST_UNSET\" }\n",
+            &["tiktok.shop.app_secret", "SIGNPROXY_CLI_TEST_UNSET"],
+        ),
+        (
+            "[ebay.eu]\nprivate_key = \"not a key\"\njwe = \"j\"\n",
+            &["ebay.eu.private_key"],
+        ),
+        (
+            "[tiktok.x]\napp_key = \"k\"\napp_secret = \"s\"\nhosts = [\"https://x.com\"]\n",
+            &["tiktok.x.hosts", "host pattern"],
+        ),
+    ];
+    for (text, expected) in cases {
+        std::fs::write(&path, text).unwrap();
+        let out = signproxy(&["check", "--config", path.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(1), "{text}");
+        let err = stderr(&out);
+        assert!(
+            err.contains(path.to_str().unwrap()),
+            "names the file: {err}"
+        );
+        for e in expected {
+            assert!(err.contains(e), "expected {e:?} in {err}");
+        }
+    }
+    let out = signproxy(&[
+        "check",
+        "--config",
+        dir.path().join("missing.toml").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("cannot read the config file"));
+}
+
+#[test]
+fn sign_errors_exit_1_with_a_message() {
+    let out = signproxy(&[
+        "sign",
+        "--config",
+        "config/signproxy.example.toml",
+        "GET",
+        "https://example.com/x",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("host_not_allowed")
+            || stderr(&out).contains("no profile serves host `example.com`"),
+        "{}",
+        stderr(&out)
+    );
+    let out = signproxy(&[
+        "sign",
+        "--config",
+        "config/signproxy.example.toml",
+        "GET",
+        "https://open-api.tiktokglobalshop.com/x?a=1&a=2",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("appears more than once"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn sign_body_from_file_is_signed_byte_for_byte_with_content_length() {
+    let dir = tempfile::tempdir().unwrap();
+    let body = "{ \"x\" : \"ü\" }\n";
+    let file = dir.path().join("body.json");
+    std::fs::write(&file, body).unwrap();
+    let out = signproxy(&[
+        "sign",
+        "--config",
+        "config/signproxy.example.toml",
+        "--now",
+        "1696909648",
+        "-H",
+        "Content-Type: application/json",
+        "--data-file",
+        file.to_str().unwrap(),
+        "POST",
+        "https://open-api.tiktokglobalshop.com/event/202309/webhooks",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let s = stdout(&out);
+    assert!(
+        s.contains(&format!("content-length: {}\n", body.len())),
+        "{s}"
+    );
+    // The signature is the independent verifier's, over the same bytes.
+    let inner = format!("/event/202309/webhooksapp_key29a39dtimestamp1696909648{body}");
+    let expected = common::verify::tiktok_sign_hex("e59af819cc", inner.as_bytes());
+    assert!(s.contains(&format!("sign={expected}")), "{s}");
+}

@@ -1,0 +1,32 @@
+//! Test harness shared by the integration tests.
+//!
+//! - `ca`: `TestCa`, a CA made in the test (rcgen) that issues server leaves.
+//! - `upstream`: `TestUpstream`, a real TLS (or plain) HTTP/1.1 server on 127.0.0.1 that records
+//!   every request, checks its signature and answers with a JSON echo (or a set `Behaviour`).
+//! - `verify`: `Verifier`, `verify_tiktok`, `verify_ebay`: signature checks written
+//!   independently of signproxy's signers.
+//! - `keys`: eBay test keys (RFC 9421 Ed25519, a fixed RSA key, fresh Ed25519) and PEM helpers.
+//! - `client`: reqwest and curl pointed at the proxy.
+//!
+//! Not every test uses every helper.
+#![allow(dead_code, unused_imports)]
+
+pub mod ca;
+pub mod client;
+pub mod keys;
+pub mod proxy;
+pub mod received;
+pub mod upstream;
+pub mod verify;
+
+pub use ca::{ring_provider, TestCa};
+pub use client::{
+    curl, curl_available, curl_via_proxy, require_curl, reqwest_builder, reqwest_direct,
+    reqwest_via_proxy, response_json, send_json, CurlOutput,
+};
+pub use keys::{EbayPublicKey, EbayTestKey};
+pub use received::{Received, Verdict};
+pub use upstream::{
+    echo_json, pattern_bytes, Behaviour, StreamSpec, TestUpstream, UpstreamOptions, UPSTREAM_NAMES,
+};
+pub use verify::{content_digest, verify_ebay, verify_tiktok, Verifier};
