@@ -1,6 +1,8 @@
-//! The `signproxy` command line: `run`, `check` and `sign` (see the CLI contract in README.md).
+//! The `signproxy` command line: `run`, `check`, `sign`, `ca` and `health` (see the CLI contract
+//! in README.md).
 
 use std::io::Write;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -8,8 +10,13 @@ use std::sync::Arc;
 use clap::{Args, Parser, Subcommand};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
 
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
 use crate::ca::CertificateAuthority;
 use crate::config::{self, Config};
+use crate::metrics::{Metrics, Outcome};
+use crate::proxy::Proxy;
 use crate::request::{prepare_head, unix_now};
 use crate::route::{route, Route};
 use crate::secret::Secret;
@@ -47,6 +54,18 @@ enum Command {
     },
     /// Print a request exactly as signproxy would send it upstream.
     Sign(SignArgs),
+    /// Probe a running signproxy's admin port (for container health checks): exit 0 when ready.
+    Health {
+        /// Config file whose [admin] listen to probe (same default as `run`).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Probe this admin address instead, e.g. 127.0.0.1:9090.
+        #[arg(long)]
+        addr: Option<String>,
+        /// Only check that the process answers (/healthz), not that it is ready (/readyz).
+        #[arg(long)]
+        live: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -71,6 +90,7 @@ pub fn main() -> ExitCode {
         Command::Check { config } => check(config),
         Command::Ca { action } => ca(action),
         Command::Sign(args) => sign(args),
+        Command::Health { config, addr, live } => health(config, addr, live),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -86,32 +106,98 @@ fn load(flag: Option<PathBuf>) -> Result<Config, String> {
 }
 
 fn run(flag: Option<PathBuf>) -> Result<(), String> {
-    init_tracing();
-    let config = Arc::new(load(flag)?);
+    let path = config::resolve_path(flag.as_deref());
+    let config = Arc::new(Config::load(&path).map_err(|e| e.to_string())?);
+    crate::logging::init(&config.log);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the async runtime: {e}"))?;
-    runtime.block_on(async move {
-        let listen = config.proxy.listen;
-        let listener = tokio::net::TcpListener::bind(listen)
-            .await
-            .map_err(|e| format!("cannot listen on {listen} ({e}): change [proxy] listen"))?;
-        tracing::info!(
-            %listen,
-            config = %config.source.display(),
-            ca_cert = %config.mitm.ca_cert.display(),
-            "signproxy listening"
-        );
-        for line in route_lines(&config) {
-            tracing::info!("route {line}");
-        }
-        crate::proxy::run(listener, config, shutdown_signal())
-            .await
-            .map_err(|e| e.to_string())?;
-        tracing::info!("signproxy stopped");
-        Ok(())
+    runtime.block_on(serve(path, config))
+}
+
+async fn serve(path: PathBuf, config: Arc<Config>) -> Result<(), String> {
+    let listener = bind(config.proxy.listen, "proxy.listen").await?;
+    let admin_listener = match config.admin.listen {
+        Some(addr) => Some(bind(addr, "admin.listen").await?),
+        None => None,
+    };
+    let proxy =
+        Proxy::new(Arc::clone(&config), Arc::new(Metrics::new())).map_err(|e| e.to_string())?;
+    let local = |l: &TcpListener| l.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    tracing::info!(
+        listen = %local(&listener),
+        admin = %admin_listener.as_ref().map(local).unwrap_or_else(|| "off".to_owned()),
+        config = %config.source.display(),
+        ca_cert = %config.mitm.ca_cert.display(),
+        "signproxy listening"
+    );
+    for line in route_lines(&config) {
+        tracing::info!("route {line}");
+    }
+    let (stopped_tx, stopped_rx) = watch::channel(false);
+    if let Some(listener) = admin_listener {
+        let mut stopped = stopped_rx.clone();
+        tokio::spawn(crate::admin::serve(listener, proxy.clone(), async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        }));
+    }
+    tokio::spawn(obtain_missing_tokens(proxy.clone()));
+    tokio::spawn(reload_on_sighup(proxy.clone(), path));
+    let served = proxy.serve(listener, shutdown_signal()).await;
+    let _ = stopped_tx.send(true);
+    served.map_err(|e| e.to_string())?;
+    tracing::info!("signproxy stopped");
+    Ok(())
+}
+
+async fn bind(addr: SocketAddr, key: &str) -> Result<TcpListener, String> {
+    TcpListener::bind(addr).await.map_err(|e| {
+        format!(
+            "cannot listen on {addr} ({e}): change [{}]",
+            key.replace('.', "] ")
+        )
     })
+}
+
+/// Managed tokens are fetched at start (and after a reload) rather than on the first request.
+async fn obtain_missing_tokens(proxy: Proxy) {
+    let state = proxy.state();
+    state.tokens.obtain_missing(&state.config, unix_now()).await;
+}
+
+/// SIGHUP re-reads the config file and its secrets. A config that does not load leaves the
+/// running one in place.
+async fn reload_on_sighup(proxy: Proxy, path: PathBuf) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hangups = match signal(SignalKind::hangup()) {
+            Ok(hangups) => hangups,
+            Err(e) => return tracing::warn!(error = %e, "cannot listen for SIGHUP; reload is off"),
+        };
+        while hangups.recv().await.is_some() {
+            let reloaded = Config::load(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|config| proxy.reload(Arc::new(config)).map_err(|e| e.to_string()));
+            match reloaded {
+                Ok(notes) => {
+                    proxy.metrics().config_reload(Outcome::Success);
+                    tracing::info!(config = %path.display(), "config reloaded");
+                    for note in notes {
+                        tracing::warn!("{note}");
+                    }
+                    tokio::spawn(obtain_missing_tokens(proxy.clone()));
+                }
+                Err(e) => {
+                    proxy.metrics().config_reload(Outcome::Failure);
+                    tracing::error!(error = %e, "config reload rejected; still serving the previous config");
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (proxy, path);
 }
 
 /// Resolves on SIGINT or SIGTERM.
@@ -135,15 +221,6 @@ async fn shutdown_signal() {
     {
         let _ = tokio::signal::ctrl_c().await;
     }
-}
-
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SIGNPROXY_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
 }
 
 fn route_lines(config: &Config) -> Vec<String> {
@@ -345,4 +422,78 @@ fn sign(args: SignArgs) -> Result<(), String> {
     std::io::stdout()
         .write_all(out.as_bytes())
         .map_err(|e| format!("cannot write to stdout: {e}"))
+}
+
+/// How long `signproxy health` waits for the admin port.
+const HEALTH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+fn health(flag: Option<PathBuf>, addr: Option<String>, live: bool) -> Result<(), String> {
+    let target = match addr {
+        Some(addr) => addr,
+        None => {
+            let path = config::resolve_path(flag.as_deref());
+            let listen = config::admin_listen(&path)
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| {
+                    format!(
+                        "{}: [admin] listen is not set: set it (e.g. \"127.0.0.1:9090\") or pass --addr",
+                        path.display()
+                    )
+                })?;
+            probe_address(listen).to_string()
+        }
+    };
+    let path = if live { "/healthz" } else { "/readyz" };
+    let (status, body) = http_get(&target, path)?;
+    println!("{}", body.trim_end());
+    if status == 200 {
+        Ok(())
+    } else {
+        Err(format!("{path} on {target} answered {status}"))
+    }
+}
+
+/// A wildcard listen address is probed on loopback.
+fn probe_address(listen: SocketAddr) -> SocketAddr {
+    let ip = match listen.ip() {
+        std::net::IpAddr::V4(ip) if ip.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
+        std::net::IpAddr::V6(ip) if ip.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
+        ip => ip,
+    };
+    SocketAddr::new(ip, listen.port())
+}
+
+/// A minimal blocking HTTP/1.1 GET: the health check must work without the async runtime.
+fn http_get(target: &str, path: &str) -> Result<(u16, String), String> {
+    use std::io::Read;
+    use std::net::{TcpStream, ToSocketAddrs};
+    let addr = target
+        .to_socket_addrs()
+        .map_err(|e| format!("`{target}` is not an address ({e})"))?
+        .next()
+        .ok_or_else(|| format!("`{target}` resolves to no address"))?;
+    let unreachable = |e: std::io::Error| format!("cannot reach the admin port {target}: {e}");
+    let mut stream = TcpStream::connect_timeout(&addr, HEALTH_TIMEOUT).map_err(unreachable)?;
+    stream
+        .set_read_timeout(Some(HEALTH_TIMEOUT))
+        .map_err(unreachable)?;
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .map_err(unreachable)?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).map_err(unreachable)?;
+    let text = String::from_utf8_lossy(&raw);
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse::<u16>().ok())
+        .ok_or_else(|| format!("{target} did not answer HTTP"))?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
 }

@@ -22,6 +22,10 @@ use crate::token::{TokenSource, EBAY_PRODUCTION_TOKEN_URL, EBAY_SANDBOX_TOKEN_UR
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 32 * 1024 * 1024;
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+pub const DEFAULT_HEADER_READ_TIMEOUT_MS: u64 = 10_000;
+pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 60_000;
+pub const DEFAULT_SHUTDOWN_GRACE_MS: u64 = 10_000;
 pub const TIKTOK_DEFAULT_HOSTS: [&str; 1] = ["open-api.tiktokglobalshop.com"];
 pub const EBAY_DEFAULT_HOSTS: [&str; 4] = [
     "api.ebay.com",
@@ -46,7 +50,30 @@ pub struct Config {
     pub proxy: ProxySettings,
     pub upstream: UpstreamSettings,
     pub mitm: MitmSettings,
+    pub admin: AdminSettings,
+    pub log: LogSettings,
     pub profiles: Vec<Arc<Profile>>,
+}
+
+/// The operator's port: health, readiness and metrics. Off unless `listen` is set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminSettings {
+    pub listen: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    /// `error`, `warn`, `info`, `debug` or `trace` (`SIGNPROXY_LOG` overrides it).
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines for a terminal.
+    Pretty,
+    /// One JSON object per line, for log collectors.
+    Json,
 }
 
 /// Where the interception CA lives (created there on first run when both files are absent).
@@ -63,6 +90,14 @@ pub struct ProxySettings {
     pub passthrough: Vec<HostPattern>,
     /// Where signproxy keeps what it creates (the CA, tokens).
     pub state_dir: PathBuf,
+    /// Client connections served at once (a CONNECT tunnel holds its connection's slot).
+    pub max_connections: usize,
+    /// A client must send a complete request head within this (slowloris defence).
+    pub header_read_timeout: Duration,
+    /// A client connection or tunnel with no traffic either way for this long is closed.
+    pub idle_timeout: Duration,
+    /// On SIGTERM/SIGINT, in-flight requests get this long to finish.
+    pub shutdown_grace: Duration,
 }
 
 #[derive(Debug)]
@@ -156,6 +191,23 @@ struct RawConfig {
     ebay: BTreeMap<String, RawEbay>,
     #[serde(default)]
     mitm: RawMitm,
+    #[serde(default)]
+    admin: RawAdmin,
+    #[serde(default)]
+    log: RawLog,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    listen: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    format: Option<String>,
+    level: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -173,6 +225,10 @@ struct RawProxy {
     #[serde(default)]
     passthrough: Vec<String>,
     state_dir: Option<PathBuf>,
+    max_connections: Option<usize>,
+    header_read_timeout_ms: Option<u64>,
+    idle_timeout_ms: Option<u64>,
+    shutdown_grace_ms: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -335,6 +391,37 @@ impl Config {
             ));
         }
         let passthrough = ctx.patterns("proxy.passthrough", &raw.proxy.passthrough)?;
+        let max_connections = raw.proxy.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
+        if max_connections == 0 {
+            return Err(err(
+                Some("proxy.max_connections".into()),
+                "must be at least 1".into(),
+            ));
+        }
+        // The connection limit is a semaphore whose bulk acquire (used to drain) takes a u32.
+        if u32::try_from(max_connections).is_err() {
+            return Err(err(
+                Some("proxy.max_connections".into()),
+                format!("{max_connections} is too many: use at most {}", u32::MAX),
+            ));
+        }
+        let header_read_timeout = ctx.millis(
+            "proxy.header_read_timeout_ms",
+            raw.proxy.header_read_timeout_ms,
+            DEFAULT_HEADER_READ_TIMEOUT_MS,
+        )?;
+        let idle_timeout = ctx.millis(
+            "proxy.idle_timeout_ms",
+            raw.proxy.idle_timeout_ms,
+            DEFAULT_IDLE_TIMEOUT_MS,
+        )?;
+        let shutdown_grace = Duration::from_millis(
+            raw.proxy
+                .shutdown_grace_ms
+                .unwrap_or(DEFAULT_SHUTDOWN_GRACE_MS),
+        );
+        let admin = ctx.admin(raw.admin)?;
+        let log = ctx.log(raw.log)?;
 
         let upstream = ctx.upstream(raw.upstream)?;
         let state_dir = match &raw.proxy.state_dir {
@@ -378,12 +465,45 @@ impl Config {
                 max_body_bytes,
                 passthrough,
                 state_dir,
+                max_connections,
+                header_read_timeout,
+                idle_timeout,
+                shutdown_grace,
             },
             upstream,
             mitm,
+            admin,
+            log,
             profiles,
         })
     }
+}
+
+/// Only `[admin] listen` from the config at `path`, without loading secrets: what
+/// `signproxy health` needs inside a container whose secrets it should not touch.
+pub fn admin_listen(path: &Path) -> Result<Option<SocketAddr>, ConfigError> {
+    #[derive(Deserialize)]
+    struct AdminOnly {
+        #[serde(default)]
+        admin: RawAdmin,
+    }
+    let fail = |message: String| ConfigError {
+        file: path.to_path_buf(),
+        key: Some("admin.listen".into()),
+        message,
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| fail(format!("cannot read the config file ({e})")))?;
+    let raw: AdminOnly = toml::from_str(&text).map_err(|e| fail(e.message().to_owned()))?;
+    let ctx = Ctx {
+        base_dir: Path::new("."),
+        err: &|key, message| ConfigError {
+            file: path.to_path_buf(),
+            key,
+            message,
+        },
+    };
+    Ok(ctx.admin(raw.admin)?.listen)
 }
 
 /// `$SIGNPROXY_STATE_DIR`, else `$XDG_STATE_HOME/signproxy`, else `~/.local/state/signproxy`.
@@ -414,6 +534,48 @@ impl Ctx<'_> {
         } else {
             self.base_dir.join(p)
         }
+    }
+
+    /// A positive duration in milliseconds, or the default.
+    fn millis(&self, key: &str, value: Option<u64>, default: u64) -> Result<Duration, ConfigError> {
+        match value.unwrap_or(default) {
+            0 => Err(self.fail(key, format!("must be at least 1 (default {default})"))),
+            ms => Ok(Duration::from_millis(ms)),
+        }
+    }
+
+    fn admin(&self, raw: RawAdmin) -> Result<AdminSettings, ConfigError> {
+        let listen = match raw.listen.as_deref() {
+            None | Some("") => None,
+            Some(text) => Some(text.parse().map_err(|_| {
+                self.fail(
+                    "admin.listen",
+                    format!("`{text}` is not an address: use IP:PORT, e.g. \"127.0.0.1:9090\""),
+                )
+            })?),
+        };
+        Ok(AdminSettings { listen })
+    }
+
+    fn log(&self, raw: RawLog) -> Result<LogSettings, ConfigError> {
+        let format = match raw.format.as_deref().unwrap_or("pretty") {
+            "pretty" => LogFormat::Pretty,
+            "json" => LogFormat::Json,
+            other => {
+                return Err(self.fail(
+                    "log.format",
+                    format!("`{other}` is not a log format: use \"pretty\" or \"json\""),
+                ))
+            }
+        };
+        let level = raw.level.as_deref().unwrap_or("info").to_ascii_lowercase();
+        if !["error", "warn", "info", "debug", "trace"].contains(&level.as_str()) {
+            return Err(self.fail(
+                "log.level",
+                format!("`{level}` is not a level: use error, warn, info, debug or trace"),
+            ));
+        }
+        Ok(LogSettings { format, level })
     }
 
     fn patterns(&self, key: &str, items: &[String]) -> Result<Vec<HostPattern>, ConfigError> {
@@ -487,25 +649,19 @@ impl Ctx<'_> {
             }
             connect_to.insert(from.to_ascii_lowercase(), to);
         }
-        let ms = |v: Option<u64>, default: u64, key: &str| -> Result<Duration, ConfigError> {
-            match v.unwrap_or(default) {
-                0 => Err(self.fail(key, "must be at least 1 (milliseconds)")),
-                n => Ok(Duration::from_millis(n)),
-            }
-        };
         Ok(UpstreamSettings {
             ca_file,
             extra_roots,
             connect_to,
-            connect_timeout: ms(
+            connect_timeout: self.millis(
+                "upstream.connect_timeout_ms",
                 raw.connect_timeout_ms,
                 10_000,
-                "upstream.connect_timeout_ms",
             )?,
-            request_timeout: ms(
+            request_timeout: self.millis(
+                "upstream.request_timeout_ms",
                 raw.request_timeout_ms,
                 60_000,
-                "upstream.request_timeout_ms",
             )?,
         })
     }

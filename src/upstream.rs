@@ -40,6 +40,7 @@ pub struct Upstream {
     client: Client<HttpsConnector<Dialer>, UpstreamBody>,
     dialer: Dialer,
     request_timeout: Duration,
+    trusted_roots: usize,
 }
 
 impl Upstream {
@@ -62,6 +63,7 @@ impl Upstream {
             client,
             dialer,
             request_timeout: settings.request_timeout,
+            trusted_roots: webpki_roots::TLS_SERVER_ROOTS.len() + settings.extra_roots.len(),
         })
     }
 
@@ -78,6 +80,11 @@ impl Upstream {
                 reason: describe_client_error(&e),
             }),
         }
+    }
+
+    /// How many root certificates upstream TLS trusts (web roots plus `ca_file`).
+    pub fn trusted_roots(&self) -> usize {
+        self.trusted_roots
     }
 
     pub fn request_timeout(&self) -> Duration {

@@ -8,17 +8,17 @@ use std::pin::Pin;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
 
 use http::uri::Authority;
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 
 use super::forward::{forward, Target};
-use super::{empty_body, finish, ProxyBody, ProxyError, RequestLog, State};
+use super::limits::{reached, Phase, TunnelGauge};
+use super::{empty_body, finish, ConnContext, Proxy, ProxyBody, ProxyError, RequestLog, State};
 use crate::route::{route, Route, RouteError, PROFILE_HEADER};
 use crate::upstream::dial;
 
@@ -26,10 +26,12 @@ use crate::upstream::dial;
 const TLS_HANDSHAKE: u8 = 0x16;
 
 pub async fn handle(
-    state: Arc<State>,
+    proxy: Proxy,
+    conn: ConnContext,
     req: Request<Incoming>,
     log: &mut RequestLog,
 ) -> Result<Response<ProxyBody>, ProxyError> {
+    let state = proxy.state();
     let authority = req
         .uri()
         .authority()
@@ -48,14 +50,21 @@ pub async fn handle(
         .as_ref()
         .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
     match route(&state.config, &target.host, requested.as_deref()) {
-        Ok(Route::Passthrough) => tunnel(&state, req, &target).await,
+        Ok(Route::Passthrough) => {
+            log.routed = true;
+            tunnel(&state, conn, req, &target).await
+        }
         Ok(Route::Sign(profile)) => {
+            log.routed = true;
             log.profile = Some(profile.qualified_name());
-            intercept(state, req, target, connect_profile)
+            intercept(proxy, &state, conn, req, target, connect_profile)
         }
         // Several profiles serve the host and the CONNECT names none: each request inside the
         // tunnel chooses with its own header (or gets the 400 itself).
-        Err(RouteError::AmbiguousProfile { .. }) => intercept(state, req, target, None),
+        Err(RouteError::AmbiguousProfile { .. }) => {
+            log.routed = true;
+            intercept(proxy, &state, conn, req, target, None)
+        }
         Err(e) => Err(e.into()),
     }
 }
@@ -63,6 +72,7 @@ pub async fn handle(
 /// Dials first, so an unreachable host is a 502 rather than a tunnel that dies at once.
 async fn tunnel(
     state: &State,
+    mut conn: ConnContext,
     req: Request<Incoming>,
     target: &Target,
 ) -> Result<Response<ProxyBody>, ProxyError> {
@@ -79,15 +89,28 @@ async fn tunnel(
         authority: format!("{}:{port}", target.host),
         reason: e.to_string(),
     })?;
+    let gauge = TunnelGauge::new(&state.metrics);
+    let idle_timeout = state.config.proxy.idle_timeout;
     tokio::spawn(async move {
-        match hyper::upgrade::on(req).await {
-            Ok(upgraded) => {
-                let mut client = TokioIo::new(upgraded);
-                if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut server).await {
+        let _gauge = gauge;
+        let upgraded = match hyper::upgrade::on(req).await {
+            Ok(upgraded) => upgraded,
+            Err(e) => return tracing::debug!(error = %e, "CONNECT upgrade failed"),
+        };
+        let mut client = TokioIo::new(upgraded);
+        // An opaque tunnel has no requests to finish: it lives until either side closes, it
+        // idles out, or the shutdown grace ends.
+        let activity = conn.activity.clone();
+        tokio::select! {
+            copied = tokio::io::copy_bidirectional(&mut client, &mut server) => {
+                if let Err(e) = copied {
                     tracing::debug!(error = %e, "tunnel closed with an error");
                 }
             }
-            Err(e) => tracing::debug!(error = %e, "CONNECT upgrade failed"),
+            () = activity.idle_for(idle_timeout) => {
+                tracing::debug!("passthrough tunnel idle; closing it");
+            }
+            () = reached(&mut conn.phase, Phase::Closing) => {}
         }
     });
     Ok(ok_response())
@@ -101,7 +124,9 @@ fn ok_response() -> Response<ProxyBody> {
 
 /// Answers 200, then serves the tunnel's inside as HTTP (over TLS with our leaf, or plain).
 fn intercept(
-    state: Arc<State>,
+    proxy: Proxy,
+    state: &State,
+    conn: ConnContext,
     req: Request<Incoming>,
     target: Target,
     connect_profile: Option<HeaderValue>,
@@ -110,7 +135,9 @@ fn intercept(
         .ca
         .server_config(&target.host)
         .map_err(|e| ProxyError::Interception(e.to_string()))?;
+    let gauge = TunnelGauge::new(&state.metrics);
     tokio::spawn(async move {
+        let _gauge = gauge;
         let upgraded = match hyper::upgrade::on(req).await {
             Ok(upgraded) => upgraded,
             Err(e) => return tracing::debug!(error = %e, "CONNECT upgrade failed"),
@@ -122,76 +149,109 @@ fn intercept(
             _ => return,
         }
         let stream = Prefixed::new(first[0], io);
+        let inner = Inner {
+            proxy,
+            conn,
+            target,
+            connect_profile,
+        };
         if first[0] == TLS_HANDSHAKE {
             let acceptor = tokio_rustls::TlsAcceptor::from(tls_config);
             match acceptor.accept(stream).await {
                 Ok(tls) => {
                     let sni = tls.get_ref().1.server_name().map(str::to_ascii_lowercase);
-                    serve_inner(state, tls, target, sni, connect_profile).await;
+                    inner.serve(tls, sni).await;
                 }
                 // Typically the client does not trust signproxy's CA yet.
                 Err(e) => tracing::warn!(
-                    host = %target.host,
+                    host = %inner.target.host,
                     error = %e,
                     "TLS handshake inside CONNECT failed (does the client trust signproxy's CA? see `signproxy ca cert`)"
                 ),
             }
         } else {
-            let plain = Target {
-                https: false,
-                ..target
+            let inner = Inner {
+                target: Target {
+                    https: false,
+                    ..inner.target
+                },
+                ..inner
             };
-            serve_inner(state, stream, plain, None, connect_profile).await;
+            inner.serve(stream, None).await;
         }
     });
     Ok(ok_response())
 }
 
-/// Serves HTTP/1.1 or HTTP/2 inside a tunnel; every request is checked against the CONNECT
-/// target and then forwarded like an absolute-form request (with the CONNECT's profile choice
-/// when it names none).
-async fn serve_inner<S>(
-    state: Arc<State>,
-    stream: S,
+/// The inside of an intercepted tunnel.
+struct Inner {
+    proxy: Proxy,
+    conn: ConnContext,
     target: Target,
-    sni: Option<String>,
     connect_profile: Option<HeaderValue>,
-) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let service = service_fn(move |mut req: Request<Incoming>| {
-        let state = Arc::clone(&state);
-        let target = target.clone();
-        let sni = sni.clone();
-        if let Some(profile) = &connect_profile {
-            if !req.headers().contains_key(PROFILE_HEADER) {
-                req.headers_mut().insert(PROFILE_HEADER, profile.clone());
-            }
-        }
-        async move {
-            let started = Instant::now();
-            let method = req.method().clone();
-            let mut log = RequestLog {
-                host: target.host.clone(),
-                path: req.uri().path().to_owned(),
-                profile: None,
-            };
-            let result = match check_inner_authority(&req, &target.host, sni.as_deref()) {
-                Ok(()) => forward(&state, req, target, &mut log).await,
-                Err(e) => {
-                    tracing::warn!(connect = %log.host, reason = %e, "misdirected request inside CONNECT refused");
-                    Err(e)
-                }
-            };
-            Ok::<_, std::convert::Infallible>(finish(result, &method, &log, started))
-        }
-    });
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    if let Err(e) = builder
-        .serve_connection(TokioIo::new(stream), service)
-        .await
+}
+
+impl Inner {
+    /// Serves HTTP/1.1 or HTTP/2; every request is checked against the CONNECT target and then
+    /// forwarded like an absolute-form request (with the CONNECT's profile choice when it names
+    /// none).
+    async fn serve<S>(self, stream: S, sni: Option<String>)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        tracing::debug!(error = %e, "tunnel connection ended with an error");
+        let Inner {
+            proxy,
+            mut conn,
+            target,
+            connect_profile,
+        } = self;
+        let config = Arc::clone(&proxy.state().config);
+        let service = service_fn(move |mut req: Request<Incoming>| {
+            let state = proxy.state();
+            let target = target.clone();
+            let sni = sni.clone();
+            if let Some(profile) = &connect_profile {
+                if !req.headers().contains_key(PROFILE_HEADER) {
+                    req.headers_mut().insert(PROFILE_HEADER, profile.clone());
+                }
+            }
+            async move {
+                let mut log = RequestLog::new(
+                    req.method().clone(),
+                    target.host.clone(),
+                    req.uri().path().to_owned(),
+                );
+                let result = match check_inner_authority(&req, &target.host, sni.as_deref()) {
+                    Ok(()) => forward(&state, req, target, &mut log).await,
+                    Err(e) => {
+                        tracing::warn!(request_id = %log.id, connect = %log.host, reason = %e, "misdirected request inside CONNECT refused");
+                        Err(e)
+                    }
+                };
+                Ok::<_, std::convert::Infallible>(finish(result, log, &state.metrics))
+            }
+        });
+        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(config.proxy.header_read_timeout);
+        let connection = builder.serve_connection(TokioIo::new(stream), service);
+        tokio::pin!(connection);
+        tokio::select! {
+            result = connection.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "tunnel connection ended with an error");
+                }
+                return;
+            }
+            () = conn.should_wind_down(config.proxy.idle_timeout) => {}
+        }
+        connection.as_mut().graceful_shutdown();
+        tokio::select! {
+            _ = connection.as_mut() => {}
+            () = reached(&mut conn.phase, Phase::Closing) => {}
+        }
     }
 }
 

@@ -34,6 +34,8 @@ pub enum ProxyError {
     Interception(String),
     #[error("{0}")]
     TokenUnavailable(String),
+    #[error("signproxy is serving its limit of {limit} connections ([proxy] max_connections): retry shortly, reuse connections, or raise the limit")]
+    TooManyConnections { limit: usize },
 }
 
 impl From<SignError> for ProxyError {
@@ -59,6 +61,7 @@ impl ProxyError {
             ProxyError::MisdirectedRequest(_) => "misdirected_request",
             ProxyError::Interception(_) => "interception_failed",
             ProxyError::TokenUnavailable(_) => "token_unavailable",
+            ProxyError::TooManyConnections { .. } => "too_many_connections",
         }
     }
 
@@ -75,7 +78,9 @@ impl ProxyError {
             ProxyError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::MisdirectedRequest(_) => StatusCode::MISDIRECTED_REQUEST,
             ProxyError::Interception(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            ProxyError::TokenUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::TokenUnavailable(_) | ProxyError::TooManyConnections { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 

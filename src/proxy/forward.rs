@@ -1,6 +1,10 @@
 //! Forwarding one HTTP request: route it, and either buffer + sign + send over TLS, or pass it
 //! through unchanged; the upstream response streams back.
 
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
 use bytes::Bytes;
 use http::{header, HeaderMap, Request, Response, Uri, Version};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
@@ -8,15 +12,16 @@ use hyper::body::{Body, Incoming};
 
 use super::{full_body, ProxyBody, ProxyError, RequestLog, State};
 
-/// Responses up to this size are checked for a "token expired" answer before they are relayed.
-const TOKEN_ANSWER_INSPECT_LIMIT: u64 = 64 * 1024;
 use crate::config::Profile;
 use crate::request::{prepare_head, strip_hop_by_hop, unix_now};
 use crate::route::{route, Route, PROFILE_HEADER};
 use crate::secret::Secret;
 use crate::sign::{https_authority, RequestHead};
-use crate::token::TokenSource;
+use crate::token::{TokenError, TokenSource};
 use crate::upstream::{BoxError, UpstreamBody, UpstreamError};
+
+/// Responses up to this size are checked for a "token expired" answer before they are relayed.
+const TOKEN_ANSWER_INSPECT_LIMIT: u64 = 64 * 1024;
 
 /// Where a request is going, as the client named it.
 #[derive(Debug, Clone)]
@@ -75,10 +80,14 @@ pub async fn forward(
         .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
     match route(&state.config, &target.host, requested.as_deref())? {
         Route::Sign(profile) => {
+            log.routed = true;
             log.profile = Some(profile.qualified_name());
-            forward_signed(state, req, &target, &profile).await
+            forward_signed(state, req, &target, &profile, log).await
         }
-        Route::Passthrough => forward_unchanged(state, req, &target).await,
+        Route::Passthrough => {
+            log.routed = true;
+            forward_unchanged(state, req, &target, log).await
+        }
     }
 }
 
@@ -87,6 +96,7 @@ async fn forward_signed(
     req: Request<Incoming>,
     target: &Target,
     profile: &Profile,
+    log: &mut RequestLog,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     // Marketplace APIs are https-only: a plain-http request through HTTP_PROXY is upgraded.
     let port = match (target.https, target.port) {
@@ -95,6 +105,7 @@ async fn forward_signed(
     };
     let (parts, body) = req.into_parts();
     let body = read_body(&parts.headers, body, state.config.proxy.max_body_bytes).await?;
+    log.bytes_in.store(body.len() as u64, Ordering::Relaxed);
     let path_and_query = parts
         .uri
         .path_and_query()
@@ -112,11 +123,11 @@ async fn forward_signed(
             .tokens
             .token(profile, unix_now())
             .await
-            .map_err(|e| ProxyError::TokenUnavailable(e.to_string()))?
+            .map_err(|e| token_unavailable(state, e))?
     } else {
         None
     };
-    let response = sign_and_send(state, profile, head.clone(), &body, token.as_ref()).await?;
+    let response = sign_and_send(state, profile, head.clone(), &body, token.as_ref(), log).await?;
 
     // Only a token this proxy injected and manages can be renewed; the client's own is theirs.
     let Some(used) = token.filter(|_| profile.token.is_managed()) else {
@@ -134,8 +145,14 @@ async fn forward_signed(
         .tokens
         .refresh_after_rejection(profile, &used, unix_now())
         .await
-        .map_err(|e| ProxyError::TokenUnavailable(e.to_string()))?;
-    sign_and_send(state, profile, head, &body, Some(&fresh)).await
+        .map_err(|e| token_unavailable(state, e))?;
+    sign_and_send(state, profile, head, &body, Some(&fresh), log).await
+}
+
+fn token_unavailable(state: &State, e: TokenError) -> ProxyError {
+    let e = ProxyError::TokenUnavailable(e.to_string());
+    state.metrics.signing_failure(e.code());
+    e
 }
 
 /// Signs as of now (so a retry gets a fresh timestamp and signature) and sends.
@@ -145,8 +162,16 @@ async fn sign_and_send(
     head: RequestHead,
     body: &Bytes,
     token: Option<&Secret>,
+    log: &mut RequestLog,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    let signed = profile.signer.sign(head, body, token, unix_now())?;
+    let signed = profile
+        .signer
+        .sign(head, body, token, unix_now())
+        .map_err(|e| {
+            let e = ProxyError::from(e);
+            state.metrics.signing_failure(e.code());
+            e
+        })?;
     let head = signed.head;
     let uri = upstream_uri("https", &head.authority, &head.path_and_query)?;
     let mut upstream_req = Request::new(
@@ -157,7 +182,7 @@ async fn sign_and_send(
     *upstream_req.method_mut() = head.method;
     *upstream_req.uri_mut() = uri;
     *upstream_req.headers_mut() = head.headers;
-    send(state, upstream_req, &head.authority).await
+    send(state, upstream_req, &head.authority, log).await
 }
 
 /// Marketplaces' "token expired" answers are small JSON bodies, so only responses of a known
@@ -191,6 +216,7 @@ async fn forward_unchanged(
     state: &State,
     req: Request<Incoming>,
     target: &Target,
+    log: &mut RequestLog,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers);
@@ -205,12 +231,19 @@ async fn forward_unchanged(
         .map(|pq| pq.as_str())
         .unwrap_or("/");
     let scheme = if target.https { "https" } else { "http" };
+    let bytes_in = Arc::clone(&log.bytes_in);
+    let counted = body.map_frame(move |frame| {
+        if let Some(data) = frame.data_ref() {
+            bytes_in.fetch_add(data.len() as u64, Ordering::Relaxed);
+        }
+        frame
+    });
     let mut upstream_req: Request<UpstreamBody> =
-        Request::new(body.map_err(|e| -> BoxError { Box::new(e) }).boxed());
+        Request::new(counted.map_err(|e| -> BoxError { Box::new(e) }).boxed());
     *upstream_req.method_mut() = parts.method;
     *upstream_req.uri_mut() = upstream_uri(scheme, &authority, path_and_query)?;
     *upstream_req.headers_mut() = parts.headers;
-    send(state, upstream_req, &authority).await
+    send(state, upstream_req, &authority, log).await
 }
 
 fn upstream_uri(scheme: &str, authority: &str, path_and_query: &str) -> Result<Uri, ProxyError> {
@@ -245,10 +278,18 @@ async fn send(
     state: &State,
     req: Request<UpstreamBody>,
     authority: &str,
+    log: &mut RequestLog,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let mut req = req;
     *req.version_mut() = Version::HTTP_11;
-    let response = state.upstream.send(req).await.map_err(|e| match e {
+    let sent = Instant::now();
+    let response = state.upstream.send(req).await;
+    let latency = sent.elapsed();
+    log.upstream_latency = Some(latency);
+    state
+        .metrics
+        .upstream_latency(log.profile.as_deref().unwrap_or("-"), latency.as_secs_f64());
+    let response = response.map_err(|e| match e {
         UpstreamError::Timeout(after) => ProxyError::UpstreamTimeout {
             authority: authority.to_owned(),
             timeout_ms: after.as_millis(),
@@ -262,6 +303,7 @@ async fn send(
             reason,
         },
     })?;
+    log.upstream_status = Some(response.status().as_u16());
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     Ok(Response::from_parts(parts, body.boxed()))

@@ -1,15 +1,18 @@
-//! The proxy server: accept loop and graceful shutdown ([`run`]), per-request dispatch and the
-//! canonical log line. `forward` handles absolute-form requests, `connect` handles CONNECT, and
-//! `error` turns every failure into the one response shape.
+//! The proxy server: [`Proxy`] holds the live state (swapped whole on reload) and runs the
+//! accept loop with its limits and graceful shutdown. `forward` handles absolute-form requests,
+//! `connect` handles CONNECT, `access_log` writes the canonical line, `limits` owns connection
+//! slots and timeouts, and `error` turns every failure into the one response shape.
 
+pub mod access_log;
 pub mod connect;
 pub mod error;
 pub mod forward;
+pub mod limits;
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response};
@@ -17,16 +20,19 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::ca::{CaError, CertificateAuthority};
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::token::{TokenError, TokenManager};
 use crate::upstream::{Upstream, UpstreamError};
+pub use access_log::{finish, RequestLog};
 pub use error::ProxyError;
+use limits::{reached, Activity, ConnectionSlot, Phase, Watched};
 
 /// Response bodies: the upstream's, streamed, or one of ours.
 pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
@@ -41,15 +47,42 @@ pub fn empty_body() -> ProxyBody {
     full_body(Bytes::new())
 }
 
-/// How long in-flight requests may take to finish once shutdown starts.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-
-/// What every request handler shares.
+/// Everything built from one config. A reload builds a new one; requests already running keep
+/// the one they started with.
 pub struct State {
     pub config: Arc<Config>,
     pub upstream: Upstream,
     pub ca: Arc<CertificateAuthority>,
     pub tokens: TokenManager,
+    pub metrics: Arc<Metrics>,
+}
+
+impl State {
+    /// Builds the state for `config`; `previous` lends its token entries so a reload neither
+    /// forgets tokens nor races a refresh in flight.
+    fn build(
+        config: Arc<Config>,
+        metrics: &Arc<Metrics>,
+        previous: Option<&State>,
+    ) -> Result<State, ServeError> {
+        let upstream = Upstream::new(&config.upstream)?;
+        let (tokens, warnings) = TokenManager::new(
+            &config,
+            upstream.clone(),
+            Arc::clone(metrics),
+            previous.map(|p| &p.tokens),
+        )?;
+        for warning in warnings {
+            tracing::error!("{warning}");
+        }
+        Ok(State {
+            upstream,
+            ca: Arc::new(CertificateAuthority::load_or_create(&config.mitm)?),
+            tokens,
+            config,
+            metrics: Arc::clone(metrics),
+        })
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -62,127 +95,222 @@ pub enum ServeError {
     Token(#[from] TokenError),
 }
 
-/// Serves proxy connections from `listener` until `shutdown` resolves, then lets in-flight
-/// requests finish (up to a grace period).
+/// The running proxy: its current [`State`] and the process-wide metrics. Cheap to clone.
+#[derive(Clone)]
+pub struct Proxy {
+    current: Arc<RwLock<Arc<State>>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Proxy {
+    pub fn new(config: Arc<Config>, metrics: Arc<Metrics>) -> Result<Proxy, ServeError> {
+        let state = State::build(config, &metrics, None)?;
+        Ok(Proxy {
+            current: Arc::new(RwLock::new(Arc::new(state))),
+            metrics,
+        })
+    }
+
+    /// The state new requests use.
+    pub fn state(&self) -> Arc<State> {
+        let guard = self.current.read().unwrap_or_else(|p| p.into_inner());
+        Arc::clone(&guard)
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Switches to `config` for every request from now on. On error nothing changes. Returns
+    /// notes on settings that only take effect at start.
+    pub fn reload(&self, config: Arc<Config>) -> Result<Vec<String>, ServeError> {
+        let old = self.state();
+        let state = State::build(config, &self.metrics, Some(&old))?;
+        let notes = restart_only_changes(&old.config, &state.config);
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(state);
+        Ok(notes)
+    }
+
+    /// Serves proxy connections from `listener` until `shutdown` resolves, then lets in-flight
+    /// requests finish within `[proxy] shutdown_grace_ms`.
+    pub async fn serve(
+        &self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), ServeError> {
+        let max_connections = self.state().config.proxy.max_connections;
+        let slots = Arc::new(Semaphore::new(max_connections));
+        let (phase_tx, phase_rx) = watch::channel(Phase::Serving);
+        let mut connections = JoinSet::new();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _peer)) => {
+                        let _ = stream.set_nodelay(true);
+                        match Arc::clone(&slots).try_acquire_owned() {
+                            Ok(permit) => {
+                                let conn = ConnContext {
+                                    slot: ConnectionSlot::new(permit, Arc::clone(&self.metrics)),
+                                    activity: Activity::new(),
+                                    phase: phase_rx.clone(),
+                                };
+                                connections.spawn(serve_connection(self.clone(), stream, conn));
+                            }
+                            Err(_) => {
+                                self.metrics.connection_refused();
+                                connections.spawn(refuse_connection(self.state(), stream, max_connections));
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        // Usually EMFILE: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+                () = &mut shutdown => break,
+            }
+        }
+        drop(listener);
+        let grace = self.state().config.proxy.shutdown_grace;
+        tracing::info!(
+            open = max_connections - slots.available_permits(),
+            grace_ms = grace.as_millis() as u64,
+            "shutting down: finishing in-flight requests"
+        );
+        let _ = phase_tx.send(Phase::Draining);
+        // Every slot back means every connection and tunnel has ended.
+        let all = u32::try_from(max_connections).unwrap_or(u32::MAX);
+        let drained = tokio::time::timeout(grace, slots.acquire_many(all)).await;
+        if drained.is_err() {
+            tracing::warn!(
+                open = max_connections - slots.available_permits(),
+                "shutdown grace elapsed; closing the remaining connections"
+            );
+            let _ = phase_tx.send(Phase::Closing);
+            connections.abort_all();
+        }
+        while connections.join_next().await.is_some() {}
+        Ok(())
+    }
+}
+
+/// Serves proxy connections from `listener` with `config` until `shutdown` resolves.
 pub async fn run(
     listener: TcpListener,
     config: Arc<Config>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
-    let upstream = Upstream::new(&config.upstream)?;
-    let (tokens, warnings) = TokenManager::new(&config, upstream.clone())?;
-    for warning in warnings {
-        tracing::error!("{warning}");
-    }
-    let state = Arc::new(State {
-        upstream,
-        ca: Arc::new(CertificateAuthority::load_or_create(&config.mitm)?),
-        tokens,
-        config,
-    });
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let mut connections = JoinSet::new();
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => {
-                    let _ = stream.set_nodelay(true);
-                    connections.spawn(serve_connection(Arc::clone(&state), stream, stop_rx.clone()));
-                }
-                Err(e) => {
-                    // Usually EMFILE: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            },
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
-            () = &mut shutdown => break,
-        }
-    }
-    drop(listener);
-    let _ = stop_tx.send(true);
-    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
-        while connections.join_next().await.is_some() {}
-    })
-    .await;
-    if drained.is_err() {
-        tracing::warn!(
-            open = connections.len(),
-            "shutdown grace elapsed; closing remaining connections"
-        );
-        connections.abort_all();
-    }
-    Ok(())
+    Proxy::new(config, Arc::new(Metrics::new()))?
+        .serve(listener, shutdown)
+        .await
 }
 
-async fn serve_connection(
-    state: Arc<State>,
-    stream: tokio::net::TcpStream,
-    mut stop: watch::Receiver<bool>,
-) {
-    let service = service_fn(move |req| handle(Arc::clone(&state), req));
-    let conn = hyper::server::conn::http1::Builder::new()
-        .serve_connection(TokioIo::new(stream), service)
+/// Settings a reload cannot apply to a running server.
+fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
+    let mut notes = Vec::new();
+    let mut note = |changed: bool, key: &str| {
+        if changed {
+            notes.push(format!(
+                "{key} changed: it takes effect at the next restart"
+            ));
+        }
+    };
+    note(old.proxy.listen != new.proxy.listen, "proxy.listen");
+    note(
+        old.proxy.max_connections != new.proxy.max_connections,
+        "proxy.max_connections",
+    );
+    note(old.admin != new.admin, "admin.listen");
+    note(old.log != new.log, "log");
+    notes
+}
+
+/// What one client connection's handlers share: its slot, its traffic clock and the server's
+/// phase. A CONNECT tunnel takes a clone, so the slot stays held while the tunnel lives.
+#[derive(Clone)]
+pub struct ConnContext {
+    pub slot: Arc<ConnectionSlot>,
+    pub activity: Activity,
+    pub phase: watch::Receiver<Phase>,
+}
+
+impl ConnContext {
+    /// Resolves when this connection should stop taking requests: shutdown, or idle too long.
+    pub async fn should_wind_down(&mut self, idle_timeout: Duration) {
+        let activity = self.activity.clone();
+        tokio::select! {
+            () = reached(&mut self.phase, Phase::Draining) => {}
+            () = activity.idle_for(idle_timeout) => {}
+        }
+    }
+}
+
+/// An HTTP/1.1 server builder with the configured header read timeout.
+pub fn http1_builder(config: &Config) -> hyper::server::conn::http1::Builder {
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.proxy.header_read_timeout);
+    builder
+}
+
+async fn serve_connection(proxy: Proxy, stream: TcpStream, mut conn: ConnContext) {
+    let state = proxy.state();
+    let io = TokioIo::new(Watched::new(stream, conn.activity.clone()));
+    let handler_conn = conn.clone();
+    let service = service_fn(move |req| handle(proxy.clone(), handler_conn.clone(), req));
+    let connection = http1_builder(&state.config)
+        .serve_connection(io, service)
         .with_upgrades();
-    tokio::pin!(conn);
+    let idle_timeout = state.config.proxy.idle_timeout;
+    drop(state);
+    tokio::pin!(connection);
     tokio::select! {
-        result = conn.as_mut() => {
+        result = connection.as_mut() => {
             if let Err(e) = result {
                 tracing::debug!(error = %e, "client connection ended with an error");
             }
+            return;
         }
-        () = async { let _ = stop.wait_for(|stopping| *stopping).await; } => {
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
-        }
+        () = conn.should_wind_down(idle_timeout) => {}
+    }
+    connection.as_mut().graceful_shutdown();
+    tokio::select! {
+        _ = connection.as_mut() => {}
+        () = reached(&mut conn.phase, Phase::Closing) => {}
     }
 }
 
-/// What the canonical log line says about a request. Filled in as the request is understood.
-#[derive(Debug, Default)]
-pub struct RequestLog {
-    pub host: String,
-    pub path: String,
-    pub profile: Option<String>,
+/// Over `[proxy] max_connections`: every request on the connection gets the 503, then it closes.
+async fn refuse_connection(state: Arc<State>, stream: TcpStream, limit: usize) {
+    let service = service_fn(move |_req: Request<Incoming>| async move {
+        Ok::<_, Infallible>(ProxyError::TooManyConnections { limit }.to_response())
+    });
+    let _ = http1_builder(&state.config)
+        .keep_alive(false)
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
 }
 
 /// Entry point for every request on the proxy port.
 async fn handle(
-    state: Arc<State>,
+    proxy: Proxy,
+    conn: ConnContext,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
-    let started = Instant::now();
-    let method = req.method().clone();
-    let mut log = RequestLog::default();
-    let result = if method == Method::CONNECT {
-        connect::handle(Arc::clone(&state), req, &mut log).await
+    let state = proxy.state();
+    let mut log = RequestLog::new(
+        req.method().clone(),
+        String::new(),
+        req.uri().path().to_owned(),
+    );
+    let result = if req.method() == Method::CONNECT {
+        connect::handle(proxy, conn, req, &mut log).await
     } else {
         forward::handle_absolute(&state, req, &mut log).await
     };
-    Ok(finish(result, &method, &log, started))
-}
-
-/// Turns a handler's outcome into the response and writes the one log line for it.
-pub fn finish(
-    result: Result<Response<ProxyBody>, ProxyError>,
-    method: &Method,
-    log: &RequestLog,
-    started: Instant,
-) -> Response<ProxyBody> {
-    let (response, error_code) = match result {
-        Ok(response) => (response, None),
-        Err(e) => (e.to_response(), Some(e.code())),
-    };
-    tracing::info!(
-        method = %method,
-        host = %log.host,
-        path = %log.path,
-        profile = log.profile.as_deref().unwrap_or("-"),
-        status = response.status().as_u16(),
-        error = error_code.unwrap_or("-"),
-        duration_ms = started.elapsed().as_millis() as u64,
-        "request"
-    );
-    response
+    Ok(finish(result, log, &state.metrics))
 }

@@ -15,6 +15,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use sha2::{Digest, Sha256};
 
 use crate::config::{Config, Profile};
+use crate::metrics::{Metrics, Outcome};
 use crate::secret::Secret;
 use crate::upstream::{BoxError, Upstream};
 use endpoint::{ebay_token_request, parse_ebay_grant, parse_tiktok_grant, tiktok_refresh_request};
@@ -31,7 +32,7 @@ const COOLDOWN_MAX: Duration = Duration::from_secs(60);
 const MAX_GRANT_BYTES: usize = 1 << 20;
 
 /// Where a profile's access token comes from.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TokenSource {
     None,
     /// A token in the config, used as is.
@@ -165,8 +166,9 @@ impl Entry {
 /// Owns every managed profile's tokens.
 pub struct TokenManager {
     entries: HashMap<String, Arc<Entry>>,
-    store: Option<TokenStore>,
+    store: Option<Arc<TokenStore>>,
     upstream: Upstream,
+    metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for TokenManager {
@@ -178,11 +180,15 @@ impl std::fmt::Debug for TokenManager {
 }
 
 impl TokenManager {
-    /// Sets up managed profiles, resuming from the state folder's token file. Returns warnings
-    /// to log (a corrupt file set aside).
+    /// Sets up managed profiles, resuming from the state folder's token file. On a reload,
+    /// `previous` hands over the token file and every profile whose token source is unchanged,
+    /// so tokens (and a refresh in flight) carry on. Returns warnings to log (a corrupt file
+    /// set aside).
     pub fn new(
         config: &Config,
         upstream: Upstream,
+        metrics: Arc<Metrics>,
+        previous: Option<&TokenManager>,
     ) -> Result<(TokenManager, Vec<String>), TokenError> {
         let managed: Vec<&Arc<Profile>> = config
             .profiles
@@ -190,18 +196,31 @@ impl TokenManager {
             .filter(|p| p.token.is_managed())
             .collect();
         let mut warnings = Vec::new();
+        let reusable_store = previous
+            .and_then(|p| p.store.as_ref())
+            .filter(|s| s.path() == TokenStore::path_in(&config.proxy.state_dir))
+            .cloned();
         let store = if managed.is_empty() {
             None
+        } else if reusable_store.is_some() {
+            reusable_store
         } else {
             let (store, warning) = TokenStore::open(&config.proxy.state_dir)
                 .map_err(|e| TokenError::Store(Arc::new(e)))?;
             warnings.extend(warning);
-            Some(store)
+            Some(Arc::new(store))
         };
         let now = crate::request::unix_now();
         let mut entries = HashMap::new();
         for profile in managed {
             let name = profile.qualified_name();
+            let carried = previous
+                .and_then(|p| p.entries.get(&name))
+                .filter(|e| e.source == profile.token);
+            if let Some(entry) = carried {
+                entries.insert(name, Arc::clone(entry));
+                continue;
+            }
             let seed = profile.token.seed();
             let mut state = EntryState {
                 refresh_token: match &profile.token {
@@ -250,6 +269,7 @@ impl TokenManager {
                 entries,
                 store,
                 upstream,
+                metrics,
             },
             warnings,
         ))
@@ -301,6 +321,19 @@ impl TokenManager {
             }
         }
         self.refresh_locked(&entry, now).await
+    }
+
+    /// Fetches a token for every managed profile of `config` that holds none valid at `now`
+    /// (one refresh per profile at a time, cooldown respected), so that readiness and the first
+    /// request need not wait. Failures are recorded for [`TokenManager::status`].
+    pub async fn obtain_missing(&self, config: &Config, now: u64) {
+        let missing = config
+            .profiles
+            .iter()
+            .filter(|p| self.entry(p).is_ok_and(|e| e.valid_access(now).is_none()));
+        for profile in missing {
+            let _ = self.token(profile, now).await;
+        }
     }
 
     /// Whether every managed profile holds a token valid at `now`, with a reason per profile
@@ -358,6 +391,7 @@ impl TokenManager {
         }
         match self.fetch(entry, now).await {
             Ok(access) => {
+                self.metrics.token_refresh(&entry.name, Outcome::Success);
                 tracing::info!(
                     profile = %entry.name,
                     expires_in_s = access.expires_at.saturating_sub(now),
@@ -366,6 +400,7 @@ impl TokenManager {
                 Ok(access.token)
             }
             Err(reason) => {
+                self.metrics.token_refresh(&entry.name, Outcome::Failure);
                 let mut state = entry.lock();
                 state.failures = state.failures.saturating_add(1);
                 let backoff = COOLDOWN_FIRST

@@ -55,7 +55,7 @@ impl TokenStore {
     /// Opens (or starts) the store in `dir`. A corrupt file is renamed aside and reported in the
     /// returned warning; the store then starts empty.
     pub fn open(dir: &Path) -> Result<(TokenStore, Option<String>), StoreError> {
-        let path = dir.join(FILE_NAME);
+        let path = Self::path_in(dir);
         let fail = |message: String| StoreError {
             path: path.clone(),
             message,
@@ -98,6 +98,11 @@ impl TokenStore {
             },
             warning,
         ))
+    }
+
+    /// Where the store in `dir` keeps its file.
+    pub fn path_in(dir: &Path) -> PathBuf {
+        dir.join(FILE_NAME)
     }
 
     pub fn path(&self) -> &Path {
