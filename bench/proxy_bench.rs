@@ -2,6 +2,9 @@
 //! signing, HTTPS interception) against the same client talking straight to the same TLS upstream,
 //! all measured in one run on loopback, reported as ratios to that direct baseline.
 //!
+//! When `nginx` is on PATH, nginx configured as a TLS-originating proxy to the same upstream
+//! (pooled, verifying, no signing) is measured in the same run as the peer to beat.
+//!
 //! Run: `cargo run --release --example proxy_bench` (env: BENCH_SECS, BENCH_CONCURRENCY).
 
 #[path = "../tests/common/mod.rs"]
@@ -90,6 +93,88 @@ async fn send(client: &reqwest::Client, url: &str, body: Option<&'static str>) -
     }
 }
 
+/// nginx as a TLS-originating proxy to the upstream: plain HTTP in (absolute-form works as
+/// with any forward proxy client), pooled keep-alive TLS out, certificate verified by name.
+struct Nginx {
+    child: std::process::Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Nginx {
+    fn start(ca_pem: &str, upstream: std::net::SocketAddr, host: &str) -> Option<Nginx> {
+        let binary = ["nginx", "/usr/sbin/nginx"]
+            .into_iter()
+            .find(|b| std::process::Command::new(b).arg("-v").output().is_ok())?;
+        let dir = tempfile::tempdir().ok()?;
+        let ca_path = dir.path().join("ca.pem");
+        std::fs::write(&ca_path, ca_pem).ok()?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .ok()?
+            .local_addr()
+            .ok()?
+            .port();
+        let root = std::process::Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| o.stdout.starts_with(b"0"));
+        let d = dir.path().display();
+        let conf = format!(
+            "{user}worker_processes auto;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
+             events {{ worker_connections 4096; }}\n\
+             http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+             fastcgi_temp_path {d}/fcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+             keepalive_requests 100000;\n\
+             upstream marketplace {{ server {upstream}; keepalive 128; keepalive_requests 100000; }}\n\
+             server {{\n    listen 127.0.0.1:{port};\n    location / {{\n\
+             proxy_pass https://marketplace;\n      proxy_http_version 1.1;\n\
+             proxy_set_header Connection \"\";\n      proxy_set_header Host {host};\n\
+             proxy_ssl_server_name on;\n      proxy_ssl_name {host};\n\
+             proxy_ssl_verify on;\n      proxy_ssl_trusted_certificate {ca};\n\
+             proxy_ssl_session_reuse on;\n    }}\n  }}\n}}\n",
+            user = if root { "user root;\n" } else { "" },
+            ca = ca_path.display(),
+        );
+        let conf_path = dir.path().join("nginx.conf");
+        std::fs::write(&conf_path, conf).ok()?;
+        let child = std::process::Command::new(binary)
+            .arg("-p")
+            .arg(dir.path())
+            .arg("-c")
+            .arg(&conf_path)
+            .args(["-g", "daemon off;"])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .ok()?;
+        // Wait for the port.
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Some(Nginx {
+                    child,
+                    port,
+                    _dir: dir,
+                });
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // SIGTERM, not SIGKILL: the master then takes its workers down with it.
+        let stopped = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        if !stopped {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
 #[tokio::main]
 async fn main() {
     let secs: u64 = env_or("BENCH_SECS", 5);
@@ -112,7 +197,8 @@ async fn main() {
     let path = "/order/202309/orders/search?page_size=20";
 
     println!("signproxy load benchmark: {concurrency} concurrent clients, {secs} s per variant, loopback, POST 42-byte JSON");
-    let results = vec![
+    let nginx = Nginx::start(&ca.ca_pem(), upstream.addr(), host);
+    let mut results = vec![
         measure(
             "direct (no proxy, baseline)",
             direct,
@@ -150,6 +236,23 @@ async fn main() {
         )
         .await,
     ];
+    match &nginx {
+        Some(nginx) => {
+            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], nginx.port));
+            results.push(
+                measure(
+                    "nginx, TLS-originating proxy (no signing)",
+                    reqwest_via_proxy(addr, &ca.ca_pem()),
+                    format!("http://{host}{path}"),
+                    body,
+                    concurrency,
+                    secs,
+                )
+                .await,
+            );
+        }
+        None => println!("(nginx not found: the nginx peer is skipped)"),
+    }
     let baseline = results[0].rate();
     println!(
         "{:<46} {:>10} {:>8} {:>12}",
@@ -164,5 +267,12 @@ async fn main() {
             r.rate() / baseline
         );
     }
+    if let Some(peer) = results.iter().find(|r| r.name.starts_with("nginx")) {
+        println!(
+            "signproxy TikTok signing (HTTP_PROXY) vs nginx proxying unsigned: {:.2}x",
+            results[1].rate() / peer.rate()
+        );
+    }
+    drop(nginx);
     proxy.stop().await;
 }

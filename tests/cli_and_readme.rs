@@ -301,3 +301,48 @@ fn sign_body_from_file_is_signed_byte_for_byte_with_content_length() {
     let expected = common::verify::tiktok_sign_hex("e59af819cc", inner.as_bytes());
     assert!(s.contains(&format!("sign={expected}")), "{s}");
 }
+
+/// The config the Docker image ships and compose mounts is valid once its secrets exist, and
+/// `signproxy health` (the image's HEALTHCHECK) finds the admin port in it.
+#[test]
+fn docker_config_is_valid_and_health_finds_its_admin_port() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let shipped = std::fs::read_to_string(root.join("docker/signproxy.toml")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = dir.path().join("secrets");
+    std::fs::create_dir(&secrets).unwrap();
+    for name in [
+        "tiktok_app_secret",
+        "tiktok_refresh_token",
+        "ebay_signature_jwe",
+        "ebay_client_secret",
+        "ebay_refresh_token",
+    ] {
+        std::fs::write(secrets.join(name), format!("docker-{name}\n")).unwrap();
+    }
+    std::fs::write(
+        secrets.join("ebay_signing_key"),
+        common::keys::RFC9421_ED25519_PRIVATE_PEM,
+    )
+    .unwrap();
+    let text = shipped
+        .replace("/run/secrets/", &format!("{}/", secrets.display()))
+        .replace("/var/lib/", &format!("{}/", dir.path().display()));
+    let config = signproxy::config::Config::from_toml_str(&text, dir.path())
+        .unwrap_or_else(|e| panic!("docker/signproxy.toml: {e}"));
+    assert_eq!(config.proxy.listen.to_string(), "0.0.0.0:8080");
+    assert_eq!(config.log.format, signproxy::config::LogFormat::Json);
+    assert!(config.profiles.iter().all(|p| p.token.is_managed()));
+
+    let admin = signproxy::config::admin_listen(&root.join("docker/signproxy.toml"))
+        .expect("health reads [admin] listen without the secrets");
+    assert_eq!(
+        admin.map(|a| a.to_string()).as_deref(),
+        Some("0.0.0.0:9090")
+    );
+
+    let dockerfile = std::fs::read_to_string(root.join("docker/Dockerfile")).unwrap();
+    assert!(dockerfile.contains(r#"CMD ["/usr/local/bin/signproxy", "health"]"#));
+    assert!(dockerfile.contains("COPY docker/signproxy.toml /etc/signproxy/signproxy.toml"));
+    assert!(dockerfile.contains("USER 10001:10001"));
+}

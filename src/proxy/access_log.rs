@@ -130,12 +130,17 @@ impl Pending {
             error = self.error_code.unwrap_or("-"),
             bytes_in = log.bytes_in.load(Ordering::Relaxed),
             bytes_out,
-            upstream_ms = log.upstream_latency.map(|d| d.as_secs_f64() * 1000.0).unwrap_or(-1.0),
-            duration_ms = log.started.elapsed().as_secs_f64() * 1000.0,
+            upstream_ms = log.upstream_latency.map(millis).unwrap_or(-1.0),
+            duration_ms = millis(log.started.elapsed()),
             completed,
             "request"
         );
     }
+}
+
+/// Milliseconds to the microsecond, so log lines stay short.
+fn millis(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1_000_000.0).round() / 1000.0
 }
 
 /// A response body that counts what it sends and writes the log line when it ends.

@@ -136,6 +136,9 @@ fn intercept(
         .server_config(&target.host)
         .map_err(|e| ProxyError::Interception(e.to_string()))?;
     let gauge = TunnelGauge::new(&state.metrics);
+    // The tunnel's opening (first byte, TLS handshake) gets the same limit as a request head: a
+    // client that goes quiet there must not hold its connection slot.
+    let opening_limit = state.config.proxy.header_read_timeout;
     tokio::spawn(async move {
         let _gauge = gauge;
         let upgraded = match hyper::upgrade::on(req).await {
@@ -144,9 +147,10 @@ fn intercept(
         };
         let mut io = TokioIo::new(upgraded);
         let mut first = [0u8; 1];
-        match io.read(&mut first).await {
-            Ok(1) => {}
-            _ => return,
+        match tokio::time::timeout(opening_limit, io.read(&mut first)).await {
+            Ok(Ok(1)) => {}
+            Ok(_) => return,
+            Err(_) => return tracing::debug!("CONNECT tunnel sent nothing in time; closing it"),
         }
         let stream = Prefixed::new(first[0], io);
         let inner = Inner {
@@ -157,13 +161,17 @@ fn intercept(
         };
         if first[0] == TLS_HANDSHAKE {
             let acceptor = tokio_rustls::TlsAcceptor::from(tls_config);
-            match acceptor.accept(stream).await {
-                Ok(tls) => {
+            match tokio::time::timeout(opening_limit, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => {
                     let sni = tls.get_ref().1.server_name().map(str::to_ascii_lowercase);
                     inner.serve(tls, sni).await;
                 }
+                Err(_) => tracing::debug!(
+                    host = %inner.target.host,
+                    "TLS handshake inside CONNECT did not finish in time; closing the tunnel"
+                ),
                 // Typically the client does not trust signproxy's CA yet.
-                Err(e) => tracing::warn!(
+                Ok(Err(e)) => tracing::warn!(
                     host = %inner.target.host,
                     error = %e,
                     "TLS handshake inside CONNECT failed (does the client trust signproxy's CA? see `signproxy ca cert`)"
