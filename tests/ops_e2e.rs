@@ -1495,14 +1495,7 @@ async fn over_max_connections_a_client_gets_503_until_a_slot_frees() {
     drop(first);
     bin.wait_for_metric("signproxy_open_connections", |v| v == 1.0)
         .await;
-    let resp = bin
-        .client()
-        .get(format!("http://{HOST}/after"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    assert_eq!(upstream.last_request().path(), "/after");
+    assert_still_serves(&bin, &upstream).await;
     drop(second);
 }
 
@@ -1641,6 +1634,11 @@ async fn a_silent_intercepted_tunnel_is_closed_and_frees_its_slot() {
     }
     bin.wait_for_metric("signproxy_open_connections", |v| v == 0.0)
         .await;
+    assert_still_serves(&bin, &upstream).await;
+}
+
+/// A plain signed request still goes through (after something tried to hog the proxy).
+async fn assert_still_serves(bin: &Binary, upstream: &TestUpstream) {
     let resp = bin
         .client()
         .get(format!("http://{HOST}/after"))
@@ -1651,27 +1649,9 @@ async fn a_silent_intercepted_tunnel_is_closed_and_frees_its_slot() {
     assert_eq!(upstream.last_request().path(), "/after");
 }
 
-/// The fenced blocks of README.md with the given info string, in order.
+/// The README's fenced blocks with the given info string.
 fn readme_blocks(info: &str) -> Vec<String> {
-    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
-        .expect("README.md");
-    let mut blocks = Vec::new();
-    let mut current: Option<String> = None;
-    for line in text.lines() {
-        match &mut current {
-            None if line.trim_end() == format!("```{info}") => current = Some(String::new()),
-            Some(block) if line.trim_end() == "```" => {
-                blocks.push(std::mem::take(block));
-                current = None;
-            }
-            Some(block) => {
-                block.push_str(line);
-                block.push('\n');
-            }
-            None => {}
-        }
-    }
-    blocks
+    common::readme::fenced_blocks(&common::readme::readme(), info)
 }
 
 /// The keys of a JSON object, recursively (`checks.tokens` is per-profile, so not descended).

@@ -7,6 +7,7 @@
 //!   independently of signproxy's signers.
 //! - `keys`: eBay test keys (RFC 9421 Ed25519, a fixed RSA key, fresh Ed25519) and PEM helpers.
 //! - `client`: reqwest and curl pointed at the proxy.
+//! - `readme`: README.md's fenced blocks, for tests that run its examples.
 //!
 //! Not every test uses every helper.
 #![allow(dead_code, unused_imports)]
@@ -15,6 +16,7 @@ pub mod ca;
 pub mod client;
 pub mod keys;
 pub mod proxy;
+pub mod readme;
 pub mod received;
 pub mod upstream;
 pub mod verify;
