@@ -1731,3 +1731,90 @@ async fn readme_operations_examples_match_the_binary() {
     key_paths(&line, "", &mut got);
     assert_eq!(got, want, "log line {line} vs README {shown}");
 }
+
+/// A reload keeps a managed profile's token when its token settings did not change (no second
+/// refresh, which for TikTok would rotate the refresh token again), and starts afresh when they
+/// did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_carries_managed_tokens_over_unless_their_settings_changed() {
+    let ca = TestCa::new();
+    let upstream = TestUpstream::start(&ca, Verifier::tiktok(TIKTOK_APP_KEY, TIKTOK_APP_SECRET));
+    let grants = tiktok_token_endpoint(&upstream, Arc::new(AtomicBool::new(false)));
+    let profile = |refresh_token: &str| {
+        format!(
+            "[tiktok.default]\napp_key = \"{TIKTOK_APP_KEY}\"\napp_secret = \"{TIKTOK_APP_SECRET}\"\nrefresh_token = \"{refresh_token}\"\n"
+        )
+    };
+    let mut bin = Binary::start(
+        &template("", "", &profile("rt-ops-0")),
+        &ca,
+        &connect_to(&upstream, &[]),
+    )
+    .await;
+    let send = |bin: &Binary, path: &'static str| {
+        let client = bin.client();
+        async move {
+            let resp = client
+                .get(format!("http://{HOST}{path}"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200);
+        }
+    };
+    send(&bin, "/before").await;
+    assert_eq!(grants.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        upstream.last_request().header_str("x-tts-access-token"),
+        Some("TTP_ops_access_1")
+    );
+
+    // Another setting changes; the token settings do not.
+    bin.rewrite_config(&template(
+        "passthrough = [\"plain.test\"]",
+        "",
+        &profile("rt-ops-0"),
+    ));
+    bin.signal("HUP");
+    bin.wait_for_json(1, |v| v["message"] == "config reloaded", "the first reload")
+        .await;
+    send(&bin, "/after-reload").await;
+    assert_eq!(
+        grants.load(Ordering::SeqCst),
+        1,
+        "no refresh after the reload"
+    );
+    assert_eq!(
+        upstream.last_request().header_str("x-tts-access-token"),
+        Some("TTP_ops_access_1")
+    );
+
+    // A new authorization (a new refresh token in the config) starts from it.
+    bin.rewrite_config(&template(
+        "passthrough = [\"plain.test\"]",
+        "",
+        &profile("rt-ops-new-authorization"),
+    ));
+    bin.signal("HUP");
+    bin.wait_for_json(
+        2,
+        |v| v["message"] == "config reloaded",
+        "the second reload",
+    )
+    .await;
+    send(&bin, "/after-new-authorization").await;
+    assert_eq!(grants.load(Ordering::SeqCst), 2);
+    let refresh = upstream
+        .requests()
+        .into_iter()
+        .filter(|r| r.host_name().as_deref() == Some("auth.tiktok-shops.com"))
+        .last()
+        .expect("a refresh");
+    assert!(
+        refresh
+            .path_and_query
+            .contains("refresh_token=rt-ops-new-authorization"),
+        "{}",
+        refresh.path_and_query
+    );
+}
