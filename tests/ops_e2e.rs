@@ -1808,7 +1808,7 @@ async fn sighup_carries_managed_tokens_over_unless_their_settings_changed() {
         .requests()
         .into_iter()
         .filter(|r| r.host_name().as_deref() == Some("auth.tiktok-shops.com"))
-        .last()
+        .next_back()
         .expect("a refresh");
     assert!(
         refresh
