@@ -1807,8 +1807,7 @@ async fn sighup_carries_managed_tokens_over_unless_their_settings_changed() {
     let refresh = upstream
         .requests()
         .into_iter()
-        .filter(|r| r.host_name().as_deref() == Some("auth.tiktok-shops.com"))
-        .next_back()
+        .rfind(|r| r.host_name().as_deref() == Some("auth.tiktok-shops.com"))
         .expect("a refresh");
     assert!(
         refresh
