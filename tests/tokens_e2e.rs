@@ -23,6 +23,8 @@ struct Endpoint {
     delay: Option<Duration>,
     /// API requests carrying one of these tokens get the marketplace's "token expired" answer.
     rejected_tokens: Vec<String>,
+    /// ... sent chunked, with no content-length.
+    reject_chunked: bool,
     /// What the token endpoint saw: refresh tokens (TikTok) or form bodies (eBay).
     seen: Vec<String>,
     authorizations: Vec<String>,
@@ -116,10 +118,15 @@ impl World {
                         .map(|a| a.trim_start_matches("Bearer ").to_owned())
                 });
             if let Some(token) = presented.filter(|t| ep.rejected_tokens.contains(t)) {
-                return Some(if token.starts_with("TTP_") {
+                let answer = if token.starts_with("TTP_") {
                     Behaviour::tiktok_error(200, 105002, "access token expired")
                 } else {
                     Behaviour::ebay_error(401, 1001, "Invalid access token")
+                };
+                return Some(if ep.reject_chunked {
+                    answer.with_chunked()
+                } else {
+                    answer
                 });
             }
             None
@@ -311,6 +318,45 @@ async fn token_expired_answer_refreshes_once_and_retries_signed_afresh() {
     assert!(text.contains("105002"), "{text}");
     assert_eq!(world.grants(), 3, "exactly one more refresh");
     assert_eq!(world.api_requests().len(), 4);
+}
+
+/// The "token expired" answer has no declared length (chunked, as gateways send): it is still
+/// recognised; and a long chunked answer on a managed token streams through byte for byte.
+#[tokio::test]
+async fn chunked_token_expired_answer_is_recognised_and_long_answers_stream_intact() {
+    let world = World::new();
+    {
+        let mut ep = world.endpoint.lock().unwrap();
+        ep.rejected_tokens = vec!["TTP_access_1".into()];
+        ep.reject_chunked = true;
+    }
+    let proxy = world.proxy(&World::tiktok_config("rt-0")).await;
+    let client = reqwest_via_proxy(proxy.addr, &world.ca.ca_pem());
+    let resp = client
+        .get(format!("http://{HOST}/order/202309/orders"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let echo = response_json(resp).await;
+    assert_eq!(echo["signature"]["ok"], true, "the retried answer: {echo}");
+    assert_eq!(world.api_requests().len(), 2, "one attempt, one retry");
+    assert_eq!(world.grants(), 2);
+
+    // 200 KB streamed chunked: more than is inspected, so it is relayed as it comes.
+    world
+        .upstream
+        .push_behaviour(Behaviour::stream(200_000, 7_000));
+    let resp = client
+        .get(format!("http://{HOST}/product/202309/export"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let bytes = resp.bytes().await.unwrap();
+    assert_eq!(bytes.len(), 200_000);
+    assert!(bytes[..] == pattern_bytes(0, 200_000)[..], "body altered");
+    assert_eq!(world.grants(), 2, "no refresh for a long answer");
 }
 
 #[tokio::test]

@@ -1,16 +1,19 @@
 //! Forwarding one HTTP request: route it, and either buffer + sign + send over TLS, or pass it
 //! through unchanged; the upstream response streams back.
 
+use std::collections::VecDeque;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Instant;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::{header, HeaderMap, Request, Response, Uri, Version};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
-use hyper::body::{Body, Incoming};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 
-use super::{full_body, ProxyBody, ProxyError, RequestLog, State};
+use super::{ProxyBody, ProxyError, RequestLog, State};
 
 use crate::config::Profile;
 use crate::request::{prepare_head, strip_hop_by_hop, unix_now};
@@ -185,31 +188,83 @@ async fn sign_and_send(
     send(state, upstream_req, &head.authority, log).await
 }
 
-/// Marketplaces' "token expired" answers are small JSON bodies, so only responses of a known
-/// small size are read here; anything else streams through untouched.
+/// Marketplaces' "token expired" answers are small JSON bodies. Up to
+/// [`TOKEN_ANSWER_INSPECT_LIMIT`] bytes of the answer are read (whatever its framing: a chunked
+/// answer has no declared size) and checked; a longer answer streams on with what was read put
+/// back in front, untouched.
 async fn answer_says_token_expired(
     source: &TokenSource,
     response: Response<ProxyBody>,
 ) -> Result<(Response<ProxyBody>, bool), ProxyError> {
-    let small = response
-        .body()
-        .size_hint()
-        .upper()
-        .is_some_and(|n| n <= TOKEN_ANSWER_INSPECT_LIMIT);
-    if !small {
+    let declared_large = response.body().size_hint().lower() > TOKEN_ANSWER_INSPECT_LIMIT;
+    // A compressed answer cannot be read as JSON here; it passes through as it is.
+    let encoded = response
+        .headers()
+        .get(header::CONTENT_ENCODING)
+        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
+    if declared_large || encoded {
         return Ok((response, false));
     }
-    let (parts, body) = response.into_parts();
-    let bytes = body
-        .collect()
-        .await
-        .map_err(|e| ProxyError::UpstreamConnect {
+    let (parts, mut body) = response.into_parts();
+    let mut read = VecDeque::new();
+    let mut data = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ProxyError::UpstreamConnect {
             authority: String::from("upstream"),
             reason: format!("the response body broke off: {e}"),
-        })?
-        .to_bytes();
-    let expired = source.is_expired_answer(parts.status.as_u16(), &bytes);
-    Ok((Response::from_parts(parts, full_body(bytes)), expired))
+        })?;
+        if let Some(chunk) = frame.data_ref() {
+            data.extend_from_slice(chunk);
+        }
+        read.push_back(frame);
+        if data.len() as u64 > TOKEN_ANSWER_INSPECT_LIMIT {
+            let replay = Replay { read, rest: body };
+            return Ok((Response::from_parts(parts, replay.boxed()), false));
+        }
+    }
+    let expired = source.is_expired_answer(parts.status.as_u16(), &data);
+    let replay = Replay { read, rest: body };
+    Ok((Response::from_parts(parts, replay.boxed()), expired))
+}
+
+/// A body whose first frames were already read: those first, then the rest.
+struct Replay {
+    read: VecDeque<Frame<Bytes>>,
+    rest: ProxyBody,
+}
+
+impl Body for Replay {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.read.pop_front() {
+            Some(frame) => Poll::Ready(Some(Ok(frame))),
+            None => Pin::new(&mut self.rest).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.read.is_empty() && self.rest.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let read: u64 = self
+            .read
+            .iter()
+            .filter_map(|f| f.data_ref().map(|d| d.len() as u64))
+            .sum();
+        let rest = self.rest.size_hint();
+        let mut hint = SizeHint::new();
+        hint.set_lower(rest.lower().saturating_add(read));
+        if let Some(upper) = rest.upper() {
+            hint.set_upper(upper.saturating_add(read));
+        }
+        hint
+    }
 }
 
 async fn forward_unchanged(

@@ -62,6 +62,9 @@ pub struct Behaviour {
     pub close: bool,
     /// Close the connection without any response.
     pub hang_up: bool,
+    /// Send `body` (or the echo) in chunked transfer encoding, in small frames, with no
+    /// content-length: as API gateways often do.
+    pub chunked: bool,
 }
 
 impl Behaviour {
@@ -154,6 +157,11 @@ impl Behaviour {
 
     pub fn with_header(mut self, name: &str, value: &str) -> Behaviour {
         self.headers.push((name.to_string(), value.to_string()));
+        self
+    }
+
+    pub fn with_chunked(mut self) -> Behaviour {
+        self.chunked = true;
         self
     }
 
@@ -549,7 +557,11 @@ async fn handle(
             .body
             .clone()
             .unwrap_or_else(|| echo.to_string().into_bytes());
-        Full::new(Bytes::from(bytes)).boxed()
+        if behaviour.chunked {
+            chunked_body(bytes)
+        } else {
+            Full::new(Bytes::from(bytes)).boxed()
+        }
     };
     let mut resp = builder.body(body).expect("response");
     for (name, value) in &behaviour.headers {
@@ -617,6 +629,15 @@ impl hyper::body::Body for ChannelBody {
             .poll_recv(cx)
             .map(|chunk| chunk.map(|b| Ok(Frame::data(b))))
     }
+}
+
+/// `bytes` in 16-byte frames with no declared length, so hyper sends it chunked.
+fn chunked_body(bytes: Vec<u8>) -> RespBody {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(bytes.len() / 16 + 1);
+    for piece in bytes.chunks(16) {
+        let _ = tx.try_send(Bytes::copy_from_slice(piece));
+    }
+    ChannelBody { rx }.boxed()
 }
 
 fn stream_body(spec: StreamSpec) -> RespBody {
