@@ -25,6 +25,8 @@ struct Endpoint {
     rejected_tokens: Vec<String>,
     /// ... sent chunked, with no content-length.
     reject_chunked: bool,
+    /// ... gzip-encoded (`content-encoding: gzip`).
+    reject_gzip: bool,
     /// What the token endpoint saw: refresh tokens (TikTok) or form bodies (eBay).
     seen: Vec<String>,
     authorizations: Vec<String>,
@@ -122,6 +124,19 @@ impl World {
                     Behaviour::tiktok_error(200, 105002, "access token expired")
                 } else {
                     Behaviour::ebay_error(401, 1001, "Invalid access token")
+                };
+                let answer = if ep.reject_gzip {
+                    let plain = answer.body.clone().unwrap_or_default();
+                    let mut gz =
+                        flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+                    std::io::Write::write_all(&mut gz, &plain).unwrap();
+                    Behaviour {
+                        body: Some(gz.finish().unwrap()),
+                        ..answer
+                    }
+                    .with_header("content-encoding", "gzip")
+                } else {
+                    answer
                 };
                 return Some(if ep.reject_chunked {
                     answer.with_chunked()
@@ -357,6 +372,32 @@ async fn chunked_token_expired_answer_is_recognised_and_long_answers_stream_inta
     assert_eq!(bytes.len(), 200_000);
     assert!(bytes[..] == pattern_bytes(0, 200_000)[..], "body altered");
     assert_eq!(world.grants(), 2, "no refresh for a long answer");
+}
+
+/// Python requests and most clients send `Accept-Encoding: gzip`: a gzip-encoded, chunked
+/// "token expired" answer is still recognised.
+#[tokio::test]
+async fn gzip_token_expired_answer_is_recognised() {
+    let world = World::new();
+    {
+        let mut ep = world.endpoint.lock().unwrap();
+        ep.rejected_tokens = vec!["TTP_access_1".into()];
+        ep.reject_chunked = true;
+        ep.reject_gzip = true;
+    }
+    let proxy = world.proxy(&World::tiktok_config("rt-0")).await;
+    let client = reqwest_via_proxy(proxy.addr, &world.ca.ca_pem());
+    let resp = client
+        .get(format!("http://{HOST}/order/202309/orders"))
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let echo = response_json(resp).await;
+    assert_eq!(echo["signature"]["ok"], true, "the retried answer: {echo}");
+    assert_eq!(world.api_requests().len(), 2, "one attempt, one retry");
+    assert_eq!(world.grants(), 2);
 }
 
 #[tokio::test]

@@ -1,7 +1,9 @@
 //! Forwarding one HTTP request: route it, and either buffer + sign + send over TLS, or pass it
 //! through unchanged; the upstream response streams back.
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
+use std::io::Read;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -197,12 +199,16 @@ async fn answer_says_token_expired(
     response: Response<ProxyBody>,
 ) -> Result<(Response<ProxyBody>, bool), ProxyError> {
     let declared_large = response.body().size_hint().lower() > TOKEN_ANSWER_INSPECT_LIMIT;
-    // A compressed answer cannot be read as JSON here; it passes through as it is.
-    let encoded = response
+    let encoding = response
         .headers()
         .get(header::CONTENT_ENCODING)
-        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
-    if declared_large || encoded {
+        .map(|v| {
+            String::from_utf8_lossy(v.as_bytes())
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .unwrap_or_default();
+    if declared_large || !INSPECTABLE_ENCODINGS.contains(&encoding.as_str()) {
         return Ok((response, false));
     }
     let (parts, mut body) = response.into_parts();
@@ -222,9 +228,30 @@ async fn answer_says_token_expired(
             return Ok((Response::from_parts(parts, replay.boxed()), false));
         }
     }
-    let expired = source.is_expired_answer(parts.status.as_u16(), &data);
+    let expired = decoded(&encoding, &data)
+        .is_some_and(|answer| source.is_expired_answer(parts.status.as_u16(), &answer));
     let replay = Replay { read, rest: body };
     Ok((Response::from_parts(parts, replay.boxed()), expired))
+}
+
+/// Content encodings whose answers can be read for the check (clients such as Python requests
+/// ask for gzip by default; the client still gets the bytes as the marketplace sent them).
+const INSPECTABLE_ENCODINGS: [&str; 5] = ["", "identity", "gzip", "x-gzip", "deflate"];
+
+/// `data` decoded per `encoding` (at most the inspection limit), or None if it does not decode.
+fn decoded<'a>(encoding: &str, data: &'a [u8]) -> Option<Cow<'a, [u8]>> {
+    let mut out = Vec::new();
+    let limit = TOKEN_ANSWER_INSPECT_LIMIT;
+    let read = match encoding {
+        "gzip" | "x-gzip" => flate2::read::GzDecoder::new(data)
+            .take(limit)
+            .read_to_end(&mut out),
+        "deflate" => flate2::read::ZlibDecoder::new(data)
+            .take(limit)
+            .read_to_end(&mut out),
+        _ => return Some(Cow::Borrowed(data)),
+    };
+    read.ok().map(|_| Cow::Owned(out))
 }
 
 /// A body whose first frames were already read: those first, then the rest.
