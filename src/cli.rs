@@ -284,6 +284,9 @@ fn check(flag: Option<PathBuf>) -> Result<(), String> {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{}: OK", path.display());
     let _ = writeln!(out, "listen {}", config.proxy.listen);
+    if let Some(admin) = config.admin.listen {
+        let _ = writeln!(out, "admin {admin} (/healthz /readyz /metrics)");
+    }
     for line in route_lines(&config) {
         let _ = writeln!(out, "route {line}");
     }

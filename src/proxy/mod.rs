@@ -22,7 +22,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::ca::{CaError, CertificateAuthority};
@@ -140,6 +140,9 @@ impl Proxy {
     ) -> Result<(), ServeError> {
         let max_connections = self.state().config.proxy.max_connections;
         let slots = Arc::new(Semaphore::new(max_connections));
+        // Refusing politely (a 503 after reading the request) also takes a task and a socket:
+        // at most as many as there are slots; past that a connection is just closed.
+        let refusals = Arc::new(Semaphore::new(max_connections));
         let (phase_tx, phase_rx) = watch::channel(Phase::Serving);
         let mut connections = JoinSet::new();
         tokio::pin!(shutdown);
@@ -159,7 +162,9 @@ impl Proxy {
                             }
                             Err(_) => {
                                 self.metrics.connection_refused();
-                                connections.spawn(refuse_connection(self.state(), stream, max_connections));
+                                if let Ok(refusal) = Arc::clone(&refusals).try_acquire_owned() {
+                                    connections.spawn(refuse_connection(self.state(), stream, max_connections, refusal));
+                                }
                             }
                         }
                     }
@@ -285,7 +290,12 @@ async fn serve_connection(proxy: Proxy, stream: TcpStream, mut conn: ConnContext
 }
 
 /// Over `[proxy] max_connections`: every request on the connection gets the 503, then it closes.
-async fn refuse_connection(state: Arc<State>, stream: TcpStream, limit: usize) {
+async fn refuse_connection(
+    state: Arc<State>,
+    stream: TcpStream,
+    limit: usize,
+    _refusal: OwnedSemaphorePermit,
+) {
     let service = service_fn(move |_req: Request<Incoming>| async move {
         Ok::<_, Infallible>(ProxyError::TooManyConnections { limit }.to_response())
     });
