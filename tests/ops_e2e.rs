@@ -618,17 +618,11 @@ fn tiktok_token_endpoint(upstream: &TestUpstream, down: Arc<AtomicBool>) -> Arc<
             return Some(Behaviour::respond(503, "text/html", b"<html>down</html>"));
         }
         let n = g.fetch_add(1, Ordering::SeqCst) + 1;
-        let now = signproxy::request::unix_now();
-        let body = serde_json::json!({
-            "code": 0, "message": "success", "request_id": "t",
-            "data": {
-                "access_token": format!("TTP_ops_access_{n}"),
-                "access_token_expire_in": now + 86400,
-                "refresh_token": format!("rt-ops-{n}"),
-                "refresh_token_expire_in": now + 30 * 86400,
-            }
-        });
-        Some(Behaviour::json(200, &body.to_string()))
+        Some(Behaviour::tiktok_grant(
+            &format!("TTP_ops_access_{n}"),
+            &format!("rt-ops-{n}"),
+            86400,
+        ))
     });
     grants
 }
@@ -1037,17 +1031,11 @@ async fn secrets_stay_out_of_the_output(log_format: &str) {
         let host = r.host_name().unwrap_or_default();
         if host == "auth.tiktok-shops.com" {
             let n = g.fetch_add(1, Ordering::SeqCst) + 1;
-            let now = signproxy::request::unix_now();
-            let body = serde_json::json!({
-                "code": 0, "message": "success", "request_id": "t",
-                "data": {
-                    "access_token": format!("TTP_LEAKOPS_access_{n}"),
-                    "access_token_expire_in": now + 86400,
-                    "refresh_token": format!("LEAKOPS-rotated-refresh-{n}"),
-                    "refresh_token_expire_in": now + 30 * 86400,
-                }
-            });
-            return Some(Behaviour::json(200, &body.to_string()));
+            return Some(Behaviour::tiktok_grant(
+                &format!("TTP_LEAKOPS_access_{n}"),
+                &format!("LEAKOPS-rotated-refresh-{n}"),
+                86400,
+            ));
         }
         if host == "api.ebay.com" && r.path() == "/identity/v1/oauth2/token" {
             return Some(Behaviour::json(

@@ -40,10 +40,6 @@ struct World {
     endpoint: Arc<Mutex<Endpoint>>,
 }
 
-fn now() -> u64 {
-    signproxy::request::unix_now()
-}
-
 impl World {
     fn new() -> World {
         let ca = TestCa::new();
@@ -80,16 +76,11 @@ impl World {
                     ));
                 }
                 let n = g.fetch_add(1, Ordering::SeqCst) + 1;
-                let body = serde_json::json!({
-                    "code": 0, "message": "success", "request_id": "t",
-                    "data": {
-                        "access_token": format!("TTP_access_{n}"),
-                        "access_token_expire_in": now() + ep.lifetime,
-                        "refresh_token": format!("rt-{n}"),
-                        "refresh_token_expire_in": now() + 30 * 86400,
-                    }
-                });
-                let b = Behaviour::json(200, &body.to_string());
+                let b = Behaviour::tiktok_grant(
+                    &format!("TTP_access_{n}"),
+                    &format!("rt-{n}"),
+                    ep.lifetime,
+                );
                 return Some(match ep.delay {
                     Some(d) => b.with_delay(d),
                     None => b,
@@ -335,20 +326,29 @@ async fn token_expired_answer_refreshes_once_and_retries_signed_afresh() {
     assert_eq!(world.api_requests().len(), 4);
 }
 
-/// The "token expired" answer has no declared length (chunked, as gateways send): it is still
-/// recognised; and a long chunked answer on a managed token streams through byte for byte.
-#[tokio::test]
-async fn chunked_token_expired_answer_is_recognised_and_long_answers_stream_intact() {
+/// A world whose API rejects the first access token with a "token expired" answer framed as
+/// given, a proxy in front of it, and a client through that proxy.
+async fn rejecting_first_token(
+    chunked: bool,
+    gzip: bool,
+) -> (World, ProxyHarness, reqwest::Client) {
     let world = World::new();
     {
         let mut ep = world.endpoint.lock().unwrap();
         ep.rejected_tokens = vec!["TTP_access_1".into()];
-        ep.reject_chunked = true;
+        ep.reject_chunked = chunked;
+        ep.reject_gzip = gzip;
     }
     let proxy = world.proxy(&World::tiktok_config("rt-0")).await;
     let client = reqwest_via_proxy(proxy.addr, &world.ca.ca_pem());
+    (world, proxy, client)
+}
+
+/// One request: the client sees the retried, successful answer after one refresh.
+async fn assert_refreshed_and_retried(world: &World, client: &reqwest::Client) {
     let resp = client
         .get(format!("http://{HOST}/order/202309/orders"))
+        .header("accept-encoding", "gzip")
         .send()
         .await
         .unwrap();
@@ -357,6 +357,14 @@ async fn chunked_token_expired_answer_is_recognised_and_long_answers_stream_inta
     assert_eq!(echo["signature"]["ok"], true, "the retried answer: {echo}");
     assert_eq!(world.api_requests().len(), 2, "one attempt, one retry");
     assert_eq!(world.grants(), 2);
+}
+
+/// The "token expired" answer has no declared length (chunked, as gateways send): it is still
+/// recognised; and a long chunked answer on a managed token streams through byte for byte.
+#[tokio::test]
+async fn chunked_token_expired_answer_is_recognised_and_long_answers_stream_intact() {
+    let (world, _proxy, client) = rejecting_first_token(true, false).await;
+    assert_refreshed_and_retried(&world, &client).await;
 
     // 200 KB streamed chunked: more than is inspected, so it is relayed as it comes.
     world
@@ -378,26 +386,8 @@ async fn chunked_token_expired_answer_is_recognised_and_long_answers_stream_inta
 /// "token expired" answer is still recognised.
 #[tokio::test]
 async fn gzip_token_expired_answer_is_recognised() {
-    let world = World::new();
-    {
-        let mut ep = world.endpoint.lock().unwrap();
-        ep.rejected_tokens = vec!["TTP_access_1".into()];
-        ep.reject_chunked = true;
-        ep.reject_gzip = true;
-    }
-    let proxy = world.proxy(&World::tiktok_config("rt-0")).await;
-    let client = reqwest_via_proxy(proxy.addr, &world.ca.ca_pem());
-    let resp = client
-        .get(format!("http://{HOST}/order/202309/orders"))
-        .header("accept-encoding", "gzip")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    let echo = response_json(resp).await;
-    assert_eq!(echo["signature"]["ok"], true, "the retried answer: {echo}");
-    assert_eq!(world.api_requests().len(), 2, "one attempt, one retry");
-    assert_eq!(world.grants(), 2);
+    let (world, _proxy, client) = rejecting_first_token(true, true).await;
+    assert_refreshed_and_retried(&world, &client).await;
 }
 
 #[tokio::test]

@@ -111,6 +111,22 @@ impl Behaviour {
         Behaviour::json(http_status, &body.to_string())
     }
 
+    /// A TikTok Shop token endpoint grant: `access_token` valid for `lifetime` seconds from now,
+    /// and a rotated `refresh_token` valid for 30 days.
+    pub fn tiktok_grant(access_token: &str, refresh_token: &str, lifetime: u64) -> Behaviour {
+        let now = signproxy::request::unix_now();
+        let body = serde_json::json!({
+            "code": 0, "message": "success", "request_id": "t",
+            "data": {
+                "access_token": access_token,
+                "access_token_expire_in": now + lifetime,
+                "refresh_token": refresh_token,
+                "refresh_token_expire_in": now + 30 * 86400,
+            }
+        });
+        Behaviour::json(200, &body.to_string())
+    }
+
     /// An eBay error, e.g. `ebay_error(401, 1001, "Invalid access token")`.
     pub fn ebay_error(http_status: u16, error_id: i64, message: &str) -> Behaviour {
         let body = serde_json::json!({
