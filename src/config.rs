@@ -376,13 +376,11 @@ impl Config {
             err: &err,
         };
 
-        let listen_text = raw.proxy.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
-        let listen = listen_text.parse().map_err(|_| {
-            err(
-                Some("proxy.listen".into()),
-                format!("`{listen_text}` is not an address: use IP:PORT, e.g. \"127.0.0.1:8080\""),
-            )
-        })?;
+        let listen = ctx.address(
+            "proxy.listen",
+            raw.proxy.listen.as_deref().unwrap_or(DEFAULT_LISTEN),
+            DEFAULT_LISTEN,
+        )?;
         let max_body_bytes = raw.proxy.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES);
         if max_body_bytes == 0 {
             return Err(err(
@@ -547,14 +545,18 @@ impl Ctx<'_> {
     fn admin(&self, raw: RawAdmin) -> Result<AdminSettings, ConfigError> {
         let listen = match raw.listen.as_deref() {
             None | Some("") => None,
-            Some(text) => Some(text.parse().map_err(|_| {
-                self.fail(
-                    "admin.listen",
-                    format!("`{text}` is not an address: use IP:PORT, e.g. \"127.0.0.1:9090\""),
-                )
-            })?),
+            Some(text) => Some(self.address("admin.listen", text, "127.0.0.1:9090")?),
         };
         Ok(AdminSettings { listen })
+    }
+
+    fn address(&self, key: &str, text: &str, example: &str) -> Result<SocketAddr, ConfigError> {
+        text.parse().map_err(|_| {
+            self.fail(
+                key,
+                format!("`{text}` is not an address: use IP:PORT, e.g. \"{example}\""),
+            )
+        })
     }
 
     fn log(&self, raw: RawLog) -> Result<LogSettings, ConfigError> {

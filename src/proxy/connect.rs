@@ -27,11 +27,11 @@ const TLS_HANDSHAKE: u8 = 0x16;
 
 pub async fn handle(
     proxy: Proxy,
+    state: &State,
     conn: ConnContext,
     req: Request<Incoming>,
     log: &mut RequestLog,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    let state = proxy.state();
     let authority = req
         .uri()
         .authority()
@@ -52,18 +52,18 @@ pub async fn handle(
     match route(&state.config, &target.host, requested.as_deref()) {
         Ok(Route::Passthrough) => {
             log.routed = true;
-            tunnel(&state, conn, req, &target).await
+            tunnel(state, conn, req, &target).await
         }
         Ok(Route::Sign(profile)) => {
             log.routed = true;
             log.profile = Some(profile.qualified_name());
-            intercept(proxy, &state, conn, req, target, connect_profile)
+            intercept(proxy, state, conn, req, target, connect_profile)
         }
         // Several profiles serve the host and the CONNECT names none: each request inside the
         // tunnel chooses with its own header (or gets the 400 itself).
         Err(RouteError::AmbiguousProfile { .. }) => {
             log.routed = true;
-            intercept(proxy, &state, conn, req, target, None)
+            intercept(proxy, state, conn, req, target, None)
         }
         Err(e) => Err(e.into()),
     }
@@ -245,20 +245,13 @@ impl Inner {
             .timer(TokioTimer::new())
             .header_read_timeout(config.proxy.header_read_timeout);
         let connection = builder.serve_connection(TokioIo::new(stream), service);
-        tokio::pin!(connection);
-        tokio::select! {
-            result = connection.as_mut() => {
-                if let Err(e) = result {
-                    tracing::debug!(error = %e, "tunnel connection ended with an error");
-                }
-                return;
-            }
-            () = conn.should_wind_down(config.proxy.idle_timeout) => {}
-        }
-        connection.as_mut().graceful_shutdown();
-        tokio::select! {
-            _ = connection.as_mut() => {}
-            () = reached(&mut conn.phase, Phase::Closing) => {}
+        let outcome = conn
+            .drive(connection, config.proxy.idle_timeout, |c| {
+                c.graceful_shutdown()
+            })
+            .await;
+        if let Some(Err(e)) = outcome {
+            tracing::debug!(error = %e, "tunnel connection ended with an error");
         }
     }
 }

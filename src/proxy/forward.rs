@@ -44,7 +44,6 @@ pub async fn handle_absolute(
     log: &mut RequestLog,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let uri = req.uri();
-    log.path = uri.path().to_owned();
     let https = match uri.scheme_str() {
         Some("http") => false,
         Some("https") => true,
@@ -78,7 +77,6 @@ pub async fn forward(
     log: &mut RequestLog,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     log.host.clone_from(&target.host);
-    log.path = req.uri().path().to_owned();
     let requested = req
         .headers()
         .get(PROFILE_HEADER)

@@ -11,6 +11,7 @@ pub mod limits;
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -243,13 +244,29 @@ pub struct ConnContext {
 }
 
 impl ConnContext {
-    /// Resolves when this connection should stop taking requests: shutdown, or idle too long.
-    pub async fn should_wind_down(&mut self, idle_timeout: Duration) {
+    /// Drives a served connection to its end. Once this connection should stop taking requests
+    /// (shutdown began, or no traffic for `idle_timeout`), `graceful` asks it to finish what is in
+    /// flight; when the shutdown grace ends it is dropped. Returns the connection's own outcome
+    /// when it ended by itself.
+    pub async fn drive<C: Future>(
+        &mut self,
+        connection: C,
+        idle_timeout: Duration,
+        graceful: impl FnOnce(Pin<&mut C>),
+    ) -> Option<C::Output> {
+        tokio::pin!(connection);
         let activity = self.activity.clone();
         tokio::select! {
+            outcome = connection.as_mut() => return Some(outcome),
             () = reached(&mut self.phase, Phase::Draining) => {}
             () = activity.idle_for(idle_timeout) => {}
         }
+        graceful(connection.as_mut());
+        tokio::select! {
+            _ = connection.as_mut() => {}
+            () = reached(&mut self.phase, Phase::Closing) => {}
+        }
+        None
     }
 }
 
@@ -272,20 +289,11 @@ async fn serve_connection(proxy: Proxy, stream: TcpStream, mut conn: ConnContext
         .with_upgrades();
     let idle_timeout = state.config.proxy.idle_timeout;
     drop(state);
-    tokio::pin!(connection);
-    tokio::select! {
-        result = connection.as_mut() => {
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "client connection ended with an error");
-            }
-            return;
-        }
-        () = conn.should_wind_down(idle_timeout) => {}
-    }
-    connection.as_mut().graceful_shutdown();
-    tokio::select! {
-        _ = connection.as_mut() => {}
-        () = reached(&mut conn.phase, Phase::Closing) => {}
+    let outcome = conn
+        .drive(connection, idle_timeout, |c| c.graceful_shutdown())
+        .await;
+    if let Some(Err(e)) = outcome {
+        tracing::debug!(error = %e, "client connection ended with an error");
     }
 }
 
@@ -318,7 +326,7 @@ async fn handle(
         req.uri().path().to_owned(),
     );
     let result = if req.method() == Method::CONNECT {
-        connect::handle(proxy, conn, req, &mut log).await
+        connect::handle(proxy, &state, conn, req, &mut log).await
     } else {
         forward::handle_absolute(&state, req, &mut log).await
     };

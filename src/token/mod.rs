@@ -200,15 +200,15 @@ impl TokenManager {
             .and_then(|p| p.store.as_ref())
             .filter(|s| s.path() == TokenStore::path_in(&config.proxy.state_dir))
             .cloned();
-        let store = if managed.is_empty() {
-            None
-        } else if reusable_store.is_some() {
-            reusable_store
-        } else {
-            let (store, warning) = TokenStore::open(&config.proxy.state_dir)
-                .map_err(|e| TokenError::Store(Arc::new(e)))?;
-            warnings.extend(warning);
-            Some(Arc::new(store))
+        let store = match reusable_store {
+            _ if managed.is_empty() => None,
+            Some(shared) => Some(shared),
+            None => {
+                let (store, warning) = TokenStore::open(&config.proxy.state_dir)
+                    .map_err(|e| TokenError::Store(Arc::new(e)))?;
+                warnings.extend(warning);
+                Some(Arc::new(store))
+            }
         };
         let now = crate::request::unix_now();
         let mut entries = HashMap::new();
