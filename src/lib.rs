@@ -16,11 +16,13 @@
 //! - [`request`]: client request → upstream head (hop-by-hop hygiene, Host, Content-Length), then signing.
 //! - [`token`]: access-token lifecycle: static or managed (refresh, persist, retry on expiry).
 //! - [`upstream`]: the pooled rustls client that talks to the marketplaces.
+//! - [`egress`]: the SSRF guard for non-profile destinations: address classes, `[proxy] allow_networks`, resolve once and dial only checked addresses.
 
 pub mod admin;
 pub mod ca;
 pub mod cli;
 pub mod config;
+pub mod egress;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;
