@@ -13,6 +13,8 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
@@ -60,7 +62,22 @@ async fn answer(proxy: Proxy, req: Request<Incoming>) -> Result<Response<Full<By
             &error_body("method_not_allowed", "the admin endpoints answer GET"),
         ));
     }
-    let response = match req.uri().path() {
+    let path = req.uri().path();
+    if path != "/healthz" && !authorized(&proxy, req.headers()) {
+        let mut response = json_response(
+            StatusCode::UNAUTHORIZED,
+            &error_body(
+                "admin_auth_required",
+                "this endpoint needs `Authorization: Bearer TOKEN` with [admin] token",
+            ),
+        );
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"signproxy-admin\""),
+        );
+        return Ok(response);
+    }
+    let response = match path {
         "/healthz" => json_response(StatusCode::OK, &json!({ "status": "ok" })),
         "/readyz" => {
             let (ready, report) = readiness(&proxy).await;
@@ -87,6 +104,27 @@ async fn answer(proxy: Proxy, req: Request<Incoming>) -> Result<Response<Full<By
         ),
     };
     Ok(response)
+}
+
+/// Without `[admin] token` every endpoint is open (the config only allows that on loopback or
+/// with `allow_unauthenticated`); with it, the bearer token must match, compared in constant
+/// time over digests.
+fn authorized(proxy: &Proxy, headers: &http::HeaderMap) -> bool {
+    let state = proxy.state();
+    let Some(token) = &state.config.admin.token else {
+        return true;
+    };
+    let Some(given) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, value)| value.trim())
+    else {
+        return false;
+    };
+    let expected = Sha256::digest(token.expose().as_bytes());
+    bool::from(Sha256::digest(given.as_bytes()).ct_eq(&expected))
 }
 
 /// Whether the proxy can serve signed requests now, and a report saying why (or why not).

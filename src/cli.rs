@@ -18,7 +18,9 @@ use crate::config::{self, Config};
 use crate::metrics::{Metrics, Outcome};
 use crate::proxy::Proxy;
 use crate::request::{prepare_head, unix_now};
-use crate::route::{route, Route};
+use crate::route::{
+    named_port, normalize_host, route, signed_port, Destination, Route, RouteError,
+};
 use crate::secret::Secret;
 use crate::sign::{https_authority, Signer};
 use crate::token::TokenSource;
@@ -122,8 +124,12 @@ async fn serve(path: PathBuf, config: Arc<Config>) -> Result<(), String> {
         Some(addr) => Some(bind(addr, "admin.listen").await?),
         None => None,
     };
-    let proxy =
-        Proxy::new(Arc::clone(&config), Arc::new(Metrics::new())).map_err(|e| e.to_string())?;
+    let own_addresses = std::iter::once(&listener)
+        .chain(admin_listener.as_ref())
+        .filter_map(|l| l.local_addr().ok())
+        .collect();
+    let proxy = Proxy::new(Arc::clone(&config), Arc::new(Metrics::new()), own_addresses)
+        .map_err(|e| e.to_string())?;
     let local = |l: &TcpListener| l.local_addr().map(|a| a.to_string()).unwrap_or_default();
     tracing::info!(
         listen = %local(&listener),
@@ -329,20 +335,31 @@ fn sign(args: SignArgs) -> Result<(), String> {
         .url
         .parse()
         .map_err(|e| format!("`{}` is not a URL ({e})", args.url))?;
-    let host = uri
-        .host()
-        .ok_or_else(|| {
-            format!(
-                "`{}` has no host: give a full URL such as https://api.ebay.com/...",
-                args.url
-            )
-        })?
-        .to_ascii_lowercase();
-    let port = match (uri.scheme_str(), uri.port_u16()) {
-        (Some("http"), None | Some(80)) | (_, None) => 443,
-        (_, Some(port)) => port,
+    let host = normalize_host(uri.host().ok_or_else(|| {
+        format!(
+            "`{}` has no host: give a full URL such as https://api.ebay.com/...",
+            args.url
+        )
+    })?);
+    let https = uri.scheme_str() != Some("http");
+    let dest = Destination {
+        host: &host,
+        port: named_port(https, uri.port_u16()),
+        tunnel: false,
     };
-    let profile = match route(&config, &host, args.profile.as_deref()).map_err(|e| e.to_string())? {
+    let port = signed_port(https, uri.port_u16());
+    let requested = args.profile.as_deref();
+    let routed = match route(&config, dest, requested, None) {
+        // `sign` dials nothing, and vectors (eBay's verification service) name other ports:
+        // print the request, and say that the proxy itself would refuse it.
+        Err(e @ RouteError::MarketplacePort { .. }) => {
+            eprintln!("note: the proxy would refuse this request: {e}");
+            route(&config, Destination { port: 443, ..dest }, requested, None)
+        }
+        other => other,
+    }
+    .map_err(|e| e.to_string())?;
+    let profile = match routed {
         Route::Sign(profile) => profile,
         Route::Passthrough => {
             return Err(format!(
@@ -431,28 +448,33 @@ fn sign(args: SignArgs) -> Result<(), String> {
 const HEALTH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 fn health(flag: Option<PathBuf>, addr: Option<String>, live: bool) -> Result<(), String> {
+    let path = config::resolve_path(flag.as_deref());
+    // With --addr the config is only needed for the admin token, and may be absent.
+    let admin = match (&addr, config::admin_settings(&path)) {
+        (_, Ok(admin)) => Some(admin),
+        (Some(_), Err(_)) => None,
+        (None, Err(e)) => return Err(e.to_string()),
+    };
     let target = match addr {
         Some(addr) => addr,
         None => {
-            let path = config::resolve_path(flag.as_deref());
-            let listen = config::admin_listen(&path)
-                .map_err(|e| e.to_string())?
-                .ok_or_else(|| {
-                    format!(
-                        "{}: [admin] listen is not set: set it (e.g. \"127.0.0.1:9090\") or pass --addr",
-                        path.display()
-                    )
-                })?;
+            let listen = admin.as_ref().and_then(|a| a.listen).ok_or_else(|| {
+                format!(
+                    "{}: [admin] listen is not set: set it (e.g. \"127.0.0.1:9090\") or pass --addr",
+                    path.display()
+                )
+            })?;
             probe_address(listen).to_string()
         }
     };
-    let path = if live { "/healthz" } else { "/readyz" };
-    let (status, body) = http_get(&target, path)?;
+    let endpoint = if live { "/healthz" } else { "/readyz" };
+    let token = admin.and_then(|a| a.token);
+    let (status, body) = http_get(&target, endpoint, token.as_ref())?;
     println!("{}", body.trim_end());
     if status == 200 {
         Ok(())
     } else {
-        Err(format!("{path} on {target} answered {status}"))
+        Err(format!("{endpoint} on {target} answered {status}"))
     }
 }
 
@@ -467,7 +489,7 @@ fn probe_address(listen: SocketAddr) -> SocketAddr {
 }
 
 /// A minimal blocking HTTP/1.1 GET: the health check must work without the async runtime.
-fn http_get(target: &str, path: &str) -> Result<(u16, String), String> {
+fn http_get(target: &str, path: &str, token: Option<&Secret>) -> Result<(u16, String), String> {
     use std::io::Read;
     use std::net::{TcpStream, ToSocketAddrs};
     let addr = target
@@ -480,10 +502,15 @@ fn http_get(target: &str, path: &str) -> Result<(u16, String), String> {
     stream
         .set_read_timeout(Some(HEALTH_TIMEOUT))
         .map_err(unreachable)?;
+    let authorization = token
+        .map(|t| format!("Authorization: Bearer {}\r\n", t.expose()))
+        .unwrap_or_default();
     stream
         .write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n")
-                .as_bytes(),
+            format!(
+                "GET {path} HTTP/1.1\r\nHost: {target}\r\n{authorization}Connection: close\r\n\r\n"
+            )
+            .as_bytes(),
         )
         .map_err(unreachable)?;
     let mut raw = Vec::new();

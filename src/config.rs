@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use ipnet::IpNet;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 use serde::de::{self, MapAccess, Visitor};
@@ -26,6 +27,10 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 pub const DEFAULT_HEADER_READ_TIMEOUT_MS: u64 = 10_000;
 pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 60_000;
 pub const DEFAULT_SHUTDOWN_GRACE_MS: u64 = 10_000;
+pub const DEFAULT_BODY_READ_TIMEOUT_MS: u64 = 30_000;
+pub const DEFAULT_MAX_BUFFERED_BYTES: u64 = 256 * 1024 * 1024;
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
+pub const DEFAULT_PASSTHROUGH_PORTS: [u16; 1] = [443];
 pub const TIKTOK_DEFAULT_HOSTS: [&str; 1] = ["open-api.tiktokglobalshop.com"];
 pub const EBAY_DEFAULT_HOSTS: [&str; 4] = [
     "api.ebay.com",
@@ -59,6 +64,9 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AdminSettings {
     pub listen: Option<SocketAddr>,
+    /// `[admin] token`: `/readyz` and `/metrics` need `Authorization: Bearer TOKEN` (`/healthz`
+    /// stays open for container health checks).
+    pub token: Option<Secret>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,6 +106,42 @@ pub struct ProxySettings {
     pub idle_timeout: Duration,
     /// On SIGTERM/SIGINT, in-flight requests get this long to finish.
     pub shutdown_grace: Duration,
+    /// `[proxy.auth]`: who may use the proxy, and which profiles each client may sign with.
+    pub auth: Option<ProxyAuth>,
+    /// Ranges a passthrough destination may be in although its address class is refused.
+    pub allow_networks: Vec<IpNet>,
+    /// Ports a passthrough CONNECT may reach (absolute-form may also use 80 and 443).
+    pub passthrough_ports: Vec<u16>,
+    /// A buffered (signed) request body must arrive within this.
+    pub body_read_timeout: Duration,
+    /// Request body bytes buffered at once across all requests.
+    pub max_buffered_bytes: u64,
+    /// The largest request head (request line plus headers) accepted.
+    pub max_header_bytes: usize,
+}
+
+/// `[proxy.auth]`: every request and CONNECT needs `Proxy-Authorization: Basic` for one client.
+#[derive(Debug)]
+pub struct ProxyAuth {
+    pub clients: Vec<Arc<ProxyClient>>,
+}
+
+/// One proxy client: its credentials and the profiles it may sign with.
+#[derive(Debug)]
+pub struct ProxyClient {
+    pub username: String,
+    pub password: Secret,
+    /// Qualified profile names (`tiktok.eu`) this client may use; `None` means all.
+    pub profiles: Option<Vec<String>>,
+}
+
+impl ProxyClient {
+    pub fn may_use(&self, profile: &Profile) -> bool {
+        match &self.profiles {
+            None => true,
+            Some(allowed) => allowed.iter().any(|p| *p == profile.qualified_name()),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -153,11 +197,21 @@ impl HostPattern {
                  or `*.example.com` (no scheme, port or path)"
             ));
         }
+        if is_ip_literal(bare) {
+            return Err(format!(
+                "`{text}` is an IP address, and host patterns only match names: to let \
+                 passthrough reach an address, list its network in [proxy] allow_networks"
+            ));
+        }
         Ok(HostPattern(lower))
     }
 
+    /// Never true for an IP literal: `*.0.1` must not match `127.0.0.1`.
     pub fn matches(&self, host: &str) -> bool {
         let host = host.trim_end_matches('.');
+        if is_ip_literal(host) {
+            return false;
+        }
         match self.0.strip_prefix("*.") {
             Some(suffix) => {
                 host.len() > suffix.len() + 1
@@ -167,6 +221,22 @@ impl HostPattern {
             None => host.eq_ignore_ascii_case(&self.0),
         }
     }
+}
+
+/// `127.0.0.1`, `::1`, `[::1]`, and the shorthand IPv4 forms resolvers accept (`127.1`,
+/// `0x7f.1`, `2130706433`): a name made only of digits, hex and dots is never a DNS name here.
+pub fn is_ip_literal(host: &str) -> bool {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    if bare.parse::<std::net::IpAddr>().is_ok() {
+        return true;
+    }
+    let last = bare.trim_end_matches('.').rsplit('.').next().unwrap_or("");
+    // A real top-level domain is never numeric (RFC 3696 §2): treat such names as addresses.
+    !last.is_empty()
+        && (last.chars().all(|c| c.is_ascii_digit())
+            || (last.len() > 2
+                && last[..2].eq_ignore_ascii_case("0x")
+                && last[2..].chars().all(|c| c.is_ascii_hexdigit())))
 }
 
 impl fmt::Display for HostPattern {
@@ -201,6 +271,9 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawAdmin {
     listen: Option<String>,
+    token: Option<SecretRef>,
+    #[serde(default)]
+    allow_unauthenticated: bool,
 }
 
 #[derive(Deserialize, Default)]
@@ -229,6 +302,30 @@ struct RawProxy {
     header_read_timeout_ms: Option<u64>,
     idle_timeout_ms: Option<u64>,
     shutdown_grace_ms: Option<u64>,
+    auth: Option<RawAuth>,
+    #[serde(default)]
+    allow_unauthenticated: bool,
+    #[serde(default)]
+    allow_networks: Vec<String>,
+    passthrough_ports: Option<Vec<u16>>,
+    body_read_timeout_ms: Option<u64>,
+    max_buffered_bytes: Option<u64>,
+    max_header_bytes: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    #[serde(default)]
+    clients: Vec<RawProxyClient>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProxyClient {
+    username: String,
+    password: SecretRef,
+    profiles: Option<Vec<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -418,7 +515,7 @@ impl Config {
                 .shutdown_grace_ms
                 .unwrap_or(DEFAULT_SHUTDOWN_GRACE_MS),
         );
-        let admin = ctx.admin(raw.admin)?;
+        let admin = ctx.admin(&raw.admin)?;
         let log = ctx.log(raw.log)?;
 
         let upstream = ctx.upstream(raw.upstream)?;
@@ -456,6 +553,71 @@ impl Config {
             profiles.push(Arc::new(ctx.ebay(name, e)?));
         }
 
+        let auth = raw.proxy.auth.map(|a| ctx.auth(a, &profiles)).transpose()?;
+        ctx.exposure(
+            "proxy.listen",
+            listen,
+            auth.is_some() || raw.proxy.allow_unauthenticated,
+            "add [[proxy.auth.clients]] (username, password, profiles) so clients must authenticate, \
+             listen on 127.0.0.1, or set [proxy] allow_unauthenticated = true if every client that \
+             can reach this address may sign with every profile",
+        )?;
+        if let Some(admin_listen) = admin.listen {
+            ctx.exposure(
+                "admin.listen",
+                admin_listen,
+                admin.token.is_some() || raw.admin.allow_unauthenticated,
+                "set [admin] token = { env = \"VAR\" } so /readyz and /metrics need \
+                 `Authorization: Bearer TOKEN`, listen on 127.0.0.1, or set [admin] \
+                 allow_unauthenticated = true",
+            )?;
+        }
+        let allow_networks = raw
+            .proxy
+            .allow_networks
+            .iter()
+            .map(|text| {
+                text.trim().parse::<IpNet>().or_else(|_| text.trim().parse::<std::net::IpAddr>().map(IpNet::from)).map(|n| n.trunc()).map_err(|_| {
+                    ctx.fail(
+                        "proxy.allow_networks",
+                        format!("`{text}` is not a network: use CIDR notation such as \"10.1.2.0/24\" or \"fd00::/64\""),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let passthrough_ports = raw
+            .proxy
+            .passthrough_ports
+            .unwrap_or_else(|| DEFAULT_PASSTHROUGH_PORTS.to_vec());
+        if passthrough_ports.contains(&0) {
+            return Err(ctx.fail("proxy.passthrough_ports", "port 0 is not a port"));
+        }
+        let body_read_timeout = ctx.millis(
+            "proxy.body_read_timeout_ms",
+            raw.proxy.body_read_timeout_ms,
+            DEFAULT_BODY_READ_TIMEOUT_MS,
+        )?;
+        let max_buffered_bytes = raw
+            .proxy
+            .max_buffered_bytes
+            .unwrap_or(DEFAULT_MAX_BUFFERED_BYTES.max(max_body_bytes));
+        if max_buffered_bytes < max_body_bytes {
+            return Err(ctx.fail(
+                "proxy.max_buffered_bytes",
+                format!("{max_buffered_bytes} is below [proxy] max_body_bytes ({max_body_bytes}): a request of the largest allowed size could never be buffered; raise it or lower max_body_bytes"),
+            ));
+        }
+        let max_header_bytes = raw
+            .proxy
+            .max_header_bytes
+            .unwrap_or(DEFAULT_MAX_HEADER_BYTES);
+        if max_header_bytes < 1024 {
+            return Err(ctx.fail(
+                "proxy.max_header_bytes",
+                format!("{max_header_bytes} is too small for any real request head: use at least 1024 (default {DEFAULT_MAX_HEADER_BYTES})"),
+            ));
+        }
+
         Ok(Config {
             source: source.to_path_buf(),
             proxy: ProxySettings {
@@ -467,6 +629,12 @@ impl Config {
                 header_read_timeout,
                 idle_timeout,
                 shutdown_grace,
+                auth,
+                allow_networks,
+                passthrough_ports,
+                body_read_timeout,
+                max_buffered_bytes,
+                max_header_bytes,
             },
             upstream,
             mitm,
@@ -477,9 +645,9 @@ impl Config {
     }
 }
 
-/// Only `[admin] listen` from the config at `path`, without loading secrets: what
-/// `signproxy health` needs inside a container whose secrets it should not touch.
-pub fn admin_listen(path: &Path) -> Result<Option<SocketAddr>, ConfigError> {
+/// Only the `[admin]` table of the config at `path` (its listen address and token), without
+/// loading the other secrets: what `signproxy health` needs inside a container.
+pub fn admin_settings(path: &Path) -> Result<AdminSettings, ConfigError> {
     #[derive(Deserialize)]
     struct AdminOnly {
         #[serde(default)]
@@ -487,21 +655,22 @@ pub fn admin_listen(path: &Path) -> Result<Option<SocketAddr>, ConfigError> {
     }
     let fail = |message: String| ConfigError {
         file: path.to_path_buf(),
-        key: Some("admin.listen".into()),
+        key: Some("admin".into()),
         message,
     };
     let text = std::fs::read_to_string(path)
         .map_err(|e| fail(format!("cannot read the config file ({e})")))?;
+    // The message only: toml's Display quotes the source line, which may hold a secret.
     let raw: AdminOnly = toml::from_str(&text).map_err(|e| fail(e.message().to_owned()))?;
     let ctx = Ctx {
-        base_dir: Path::new("."),
+        base_dir: path.parent().unwrap_or(Path::new(".")),
         err: &|key, message| ConfigError {
             file: path.to_path_buf(),
             key,
             message,
         },
     };
-    Ok(ctx.admin(raw.admin)?.listen)
+    ctx.admin(&raw.admin)
 }
 
 /// `$SIGNPROXY_STATE_DIR`, else `$XDG_STATE_HOME/signproxy`, else `~/.local/state/signproxy`.
@@ -542,12 +711,75 @@ impl Ctx<'_> {
         }
     }
 
-    fn admin(&self, raw: RawAdmin) -> Result<AdminSettings, ConfigError> {
+    fn admin(&self, raw: &RawAdmin) -> Result<AdminSettings, ConfigError> {
         let listen = match raw.listen.as_deref() {
             None | Some("") => None,
             Some(text) => Some(self.address("admin.listen", text, "127.0.0.1:9090")?),
         };
-        Ok(AdminSettings { listen })
+        let token = raw
+            .token
+            .as_ref()
+            .map(|t| self.secret("admin.token", t))
+            .transpose()?;
+        Ok(AdminSettings { listen, token })
+    }
+
+    /// A listener other machines can reach must authenticate its clients, unless the operator
+    /// says in so many words that everyone who can reach it may use it.
+    fn exposure(
+        &self,
+        key: &str,
+        addr: SocketAddr,
+        authenticated: bool,
+        fixes: &str,
+    ) -> Result<(), ConfigError> {
+        if addr.ip().is_loopback() || authenticated {
+            return Ok(());
+        }
+        Err(self.fail(
+            key,
+            format!("`{addr}` is reachable from other machines and nothing authenticates its clients: {fixes}"),
+        ))
+    }
+
+    fn auth(&self, raw: RawAuth, profiles: &[Arc<Profile>]) -> Result<ProxyAuth, ConfigError> {
+        if raw.clients.is_empty() {
+            return Err(self.fail(
+                "proxy.auth.clients",
+                "lists no client: add [[proxy.auth.clients]] with username and password, or remove [proxy.auth]",
+            ));
+        }
+        let mut clients: Vec<Arc<ProxyClient>> = Vec::new();
+        for (i, c) in raw.clients.into_iter().enumerate() {
+            let at = |k: &str| format!("proxy.auth.clients[{i}].{k}");
+            // RFC 7617: the user-id cannot contain a colon.
+            if c.username.is_empty() || c.username.contains(':') {
+                return Err(self.fail(&at("username"), "must be non-empty and contain no `:`"));
+            }
+            if clients.iter().any(|other| other.username == c.username) {
+                return Err(self.fail(&at("username"), format!("`{}` is listed twice", c.username)));
+            }
+            let password = self.secret(&at("password"), &c.password)?;
+            let allowed = c
+                .profiles
+                .map(|names| {
+                    names
+                        .iter()
+                        .map(|name| {
+                            qualify_profile(name, profiles)
+                                .map_err(|m| self.fail(&at("profiles"), m))
+                        })
+                        .collect::<Result<Vec<_>, _>>()
+                })
+                .transpose()?
+                .filter(|names| !names.is_empty());
+            clients.push(Arc::new(ProxyClient {
+                username: c.username,
+                password,
+                profiles: allowed,
+            }));
+        }
+        Ok(ProxyAuth { clients })
     }
 
     fn address(&self, key: &str, text: &str, example: &str) -> Result<SocketAddr, ConfigError> {
@@ -775,6 +1007,30 @@ impl Ctx<'_> {
             signer: Signer::Ebay(creds),
             token,
         })
+    }
+}
+
+/// `eu` or `tiktok.eu` → `tiktok.eu`, if exactly one profile has that name.
+fn qualify_profile(name: &str, profiles: &[Arc<Profile>]) -> Result<String, String> {
+    let matching: Vec<String> = profiles
+        .iter()
+        .filter(|p| p.name == name || p.qualified_name() == name)
+        .map(|p| p.qualified_name())
+        .collect();
+    match matching.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => Err(format!(
+            "no profile `{name}`: name one of {}",
+            profiles
+                .iter()
+                .map(|p| p.qualified_name())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+        many => Err(format!(
+            "`{name}` could be any of {}: use the qualified name",
+            many.join(", ")
+        )),
     }
 }
 

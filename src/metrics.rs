@@ -28,6 +28,16 @@ pub struct ReasonLabels {
     pub reason: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabels {
+    pub code: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClassLabels {
+    pub class: &'static str,
+}
+
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum Outcome {
     Success,
@@ -68,6 +78,8 @@ pub struct Metrics {
     body_limit_rejections: Counter,
     config_reloads: Family<OutcomeLabels, Counter>,
     connections_refused: Counter,
+    refusals: Family<CodeLabels, Counter>,
+    egress_denied: Family<ClassLabels, Counter>,
     pub open_connections: Gauge,
     pub open_tunnels: Gauge,
 }
@@ -136,6 +148,18 @@ impl Metrics {
             "Client connections refused because [proxy] max_connections were open",
             connections_refused.clone(),
         );
+        let refusals = Family::<CodeLabels, Counter>::default();
+        registry.register(
+            "refusals",
+            "Requests signproxy answered itself with an error, by error code",
+            refusals.clone(),
+        );
+        let egress_denied = Family::<ClassLabels, Counter>::default();
+        registry.register(
+            "egress_denied",
+            "Passthrough destinations refused by the egress guard, by address class",
+            egress_denied.clone(),
+        );
         let open_connections = Gauge::default();
         registry.register(
             "open_connections",
@@ -157,6 +181,8 @@ impl Metrics {
             body_limit_rejections,
             config_reloads,
             connections_refused,
+            refusals,
+            egress_denied,
             open_connections,
             open_tunnels,
         }
@@ -202,6 +228,17 @@ impl Metrics {
     pub fn config_reload(&self, outcome: Outcome) {
         self.config_reloads
             .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+    }
+
+    /// An error signproxy answered itself (the code of the error contract).
+    pub fn refusal(&self, code: &'static str) {
+        self.refusals.get_or_create(&CodeLabels { code }).inc();
+    }
+
+    pub fn egress_denied(&self, class: &'static str) {
+        self.egress_denied
+            .get_or_create(&ClassLabels { class })
             .inc();
     }
 

@@ -36,6 +36,15 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in HOP_BY_HOP {
         headers.remove(name);
     }
+    // Every `Proxy-*` header is for signproxy (credentials, tunnels), never for the upstream.
+    let proxy_headers: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| name.as_str().starts_with("proxy-"))
+        .cloned()
+        .collect();
+    for name in proxy_headers {
+        headers.remove(name);
+    }
 }
 
 /// The head to sign for a buffered request: hop-by-hop and proxy headers removed, `Host` set to
@@ -90,6 +99,8 @@ mod tests {
         h.insert("connection", "keep-alive, x-custom-hop".parse().unwrap());
         h.insert("x-custom-hop", "1".parse().unwrap());
         h.insert("proxy-authorization", "Basic abc".parse().unwrap());
+        h.insert("proxy-status", "x".parse().unwrap());
+        h.insert("proxy-anything", "x".parse().unwrap());
         h.insert("x-keep", "yes".parse().unwrap());
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);

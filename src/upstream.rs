@@ -1,5 +1,7 @@
-//! The client side: one pooled, keep-alive hyper client over rustls (web roots + `ca_file`),
-//! dialling through `connect_to` overrides while keeping Host, SNI and certificate checks.
+//! The client side: pooled, keep-alive hyper clients over rustls (web roots + `ca_file`),
+//! dialling through `connect_to` overrides while keeping Host, SNI and certificate checks. One
+//! client serves marketplace hosts; the other (passthrough) dials only what the egress guard
+//! let through.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -19,6 +21,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
 use crate::config::UpstreamSettings;
+use crate::egress::{find_denied, EgressDenied, EgressError, EgressPolicy};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Request bodies sent upstream: buffered (signed) or streamed (passthrough).
@@ -32,54 +35,100 @@ pub enum UpstreamError {
     Timeout(Duration),
     #[error("TLS setup failed: {0}")]
     TlsSetup(String),
+    #[error(transparent)]
+    Denied(EgressDenied),
 }
 
-/// The shared upstream client. Cloning is cheap and shares the pool.
+/// The shared upstream clients. Cloning is cheap and shares the pools.
 #[derive(Clone)]
 pub struct Upstream {
     client: Client<HttpsConnector<Dialer>, UpstreamBody>,
+    guarded: Client<HttpsConnector<Dialer>, UpstreamBody>,
     dialer: Dialer,
+    egress: Arc<EgressPolicy>,
     request_timeout: Duration,
     trusted_roots: usize,
 }
 
 impl Upstream {
-    pub fn new(settings: &UpstreamSettings) -> Result<Self, UpstreamError> {
+    /// `egress` guards every destination that is not a marketplace host (passthrough).
+    pub fn new(settings: &UpstreamSettings, egress: EgressPolicy) -> Result<Self, UpstreamError> {
         let tls = client_tls_config(&settings.extra_roots)?;
+        let egress = Arc::new(egress);
         let dialer = Dialer {
             connect_to: Arc::new(settings.connect_to.clone()),
             timeout: settings.connect_timeout,
+            guard: None,
         };
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(dialer.clone());
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(256)
-            .build(connector);
+        let guarded_dialer = Dialer {
+            guard: Some(Arc::clone(&egress)),
+            ..dialer.clone()
+        };
+        let client = |dialer: Dialer| {
+            let connector = hyper_rustls::HttpsConnectorBuilder::new()
+                .with_tls_config(tls.clone())
+                .https_or_http()
+                .enable_http1()
+                .wrap_connector(dialer);
+            Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(Duration::from_secs(60))
+                .pool_max_idle_per_host(256)
+                .build(connector)
+        };
         Ok(Upstream {
-            client,
+            client: client(dialer.clone()),
+            guarded: client(guarded_dialer),
             dialer,
+            egress,
             request_timeout: settings.request_timeout,
             trusted_roots: webpki_roots::TLS_SERVER_ROOTS.len() + settings.extra_roots.len(),
         })
     }
 
-    /// Sends one request and waits (up to the request timeout) for the response head; the body
-    /// then streams.
+    /// Sends one request to a marketplace host and waits (up to the request timeout) for the
+    /// response head; the body then streams.
     pub async fn send(
         &self,
         req: Request<UpstreamBody>,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        match tokio::time::timeout(self.request_timeout, self.client.request(req)).await {
+        self.send_with(&self.client, req).await
+    }
+
+    /// Like [`Upstream::send`], for a destination that must pass the egress guard.
+    pub async fn send_guarded(
+        &self,
+        req: Request<UpstreamBody>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        self.send_with(&self.guarded, req).await
+    }
+
+    async fn send_with(
+        &self,
+        client: &Client<HttpsConnector<Dialer>, UpstreamBody>,
+        req: Request<UpstreamBody>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        match tokio::time::timeout(self.request_timeout, client.request(req)).await {
             Err(_) => Err(UpstreamError::Timeout(self.request_timeout)),
             Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(e)) => Err(UpstreamError::Connect {
-                reason: describe_client_error(&e),
-            }),
+            Ok(Err(e)) => match find_denied(&e) {
+                Some(denied) => Err(UpstreamError::Denied(denied.clone())),
+                None => Err(UpstreamError::Connect {
+                    reason: describe_client_error(&e),
+                }),
+            },
         }
+    }
+
+    /// A raw TCP connection for a passthrough tunnel, to an address the egress guard allows.
+    pub async fn dial_guarded(&self, host: &str, port: u16) -> Result<TcpStream, EgressError> {
+        dial_guarded(
+            &self.egress,
+            &self.dialer.connect_to,
+            host,
+            port,
+            self.dialer.timeout,
+        )
+        .await
     }
 
     /// How many root certificates upstream TLS trusts (web roots plus `ca_file`).
@@ -145,6 +194,8 @@ fn describe_client_error(e: &hyper_util::client::legacy::Error) -> String {
 pub struct Dialer {
     connect_to: Arc<BTreeMap<String, String>>,
     timeout: Duration,
+    /// Set for the passthrough client: every address is checked before it is dialled.
+    guard: Option<Arc<EgressPolicy>>,
 }
 
 impl tower_service::Service<Uri> for Dialer {
@@ -166,10 +217,34 @@ impl tower_service::Service<Uri> for Dialer {
         let port = uri.port_u16().unwrap_or(default_port);
         let connect_to = Arc::clone(&self.connect_to);
         let timeout = self.timeout;
+        let guard = self.guard.clone();
         Box::pin(async move {
-            let stream = dial(&connect_to, &host, port, timeout).await?;
+            let stream = match guard {
+                Some(policy) => dial_guarded(&policy, &connect_to, &host, port, timeout).await?,
+                None => dial(&connect_to, &host, port, timeout).await?,
+            };
             Ok(TokioIo::new(stream))
         })
+    }
+}
+
+/// Opens a TCP connection to `host:port`, or to its `connect_to` override, through the egress
+/// guard: an override is an address like any other, and is checked too.
+async fn dial_guarded(
+    policy: &EgressPolicy,
+    connect_to: &BTreeMap<String, String>,
+    host: &str,
+    port: u16,
+    timeout: Duration,
+) -> Result<TcpStream, EgressError> {
+    let key = format!("{}:{port}", host.to_ascii_lowercase());
+    match connect_to
+        .get(&key)
+        .and_then(|to| to.rsplit_once(':'))
+        .and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)))
+    {
+        Some((to_host, to_port)) => policy.dial(to_host, to_port, timeout).await,
+        None => policy.dial(host, port, timeout).await,
     }
 }
 

@@ -293,6 +293,8 @@ fn docker_config_is_valid_and_health_finds_its_admin_port() {
         "ebay_signature_jwe",
         "ebay_client_secret",
         "ebay_refresh_token",
+        "proxy_password",
+        "admin_token",
     ] {
         std::fs::write(secrets.join(name), format!("docker-{name}\n")).unwrap();
     }
@@ -310,12 +312,29 @@ fn docker_config_is_valid_and_health_finds_its_admin_port() {
     assert_eq!(config.log.format, signproxy::config::LogFormat::Json);
     assert!(config.profiles.iter().all(|p| p.token.is_managed()));
 
-    let admin = signproxy::config::admin_listen(&root.join("docker/signproxy.toml"))
-        .expect("health reads [admin] listen without the secrets");
+    let auth = config
+        .proxy
+        .auth
+        .as_ref()
+        .expect("the sidecar authenticates its clients");
+    assert_eq!(auth.clients[0].username, "app");
+    assert_eq!(auth.clients[0].password.expose(), "docker-proxy_password");
+    let rewritten = dir.path().join("signproxy.toml");
+    std::fs::write(&rewritten, &text).unwrap();
+    let admin = signproxy::config::admin_settings(&rewritten)
+        .expect("health reads [admin] without the other secrets");
     assert_eq!(
-        admin.map(|a| a.to_string()).as_deref(),
+        admin.listen.map(|a| a.to_string()).as_deref(),
         Some("0.0.0.0:9090")
     );
+    assert_eq!(
+        admin.token.as_ref().map(|t| t.expose()),
+        Some("docker-admin_token")
+    );
+    let compose = std::fs::read_to_string(root.join("docker/compose.yaml")).unwrap();
+    assert!(compose.contains("HTTP_PROXY: http://app:${SIGNPROXY_PROXY_PASSWORD}@signproxy:8080"));
+    let env = std::fs::read_to_string(root.join("docker/.env")).unwrap();
+    assert!(env.contains("SIGNPROXY_PROXY_PASSWORD=") && env.contains("SIGNPROXY_ADMIN_TOKEN="));
 
     let dockerfile = std::fs::read_to_string(root.join("docker/Dockerfile")).unwrap();
     assert!(dockerfile.contains(r#"CMD ["/usr/local/bin/signproxy", "health"]"#));

@@ -830,7 +830,15 @@ async fn tls_sni_other_than_the_connect_target_is_421_and_not_sent() {
 async fn passthrough_host_gets_an_opaque_tunnel_with_tls_end_to_end() {
     let ca = TestCa::new();
     let upstream = TestUpstream::start(&ca, Verifier::None);
-    let config = test_config("passthrough = [\"localhost\"]", "", &tiktok_profile());
+    // localhost is loopback, and the test upstream is on a high port: both opened explicitly.
+    let config = test_config(
+        &format!(
+            "passthrough = [\"localhost\"]\nallow_networks = [\"127.0.0.0/8\", \"::1/128\"]\npassthrough_ports = [{}]",
+            upstream.port()
+        ),
+        "",
+        &tiktok_profile(),
+    );
     let proxy = ProxyHarness::start(&config, &ca, Some(&upstream)).await;
     // The tunnel is opaque: the client sees the upstream's own certificate, so it trusts the
     // test CA (and not signproxy's).

@@ -1502,7 +1502,7 @@ async fn an_idle_passthrough_tunnel_is_closed_and_a_busy_one_is_not() {
     let upstream = TestUpstream::start(&ca, Verifier::tiktok(TIKTOK_APP_KEY, TIKTOK_APP_SECRET));
     let (echo_addr, _echo) = echo_server().await;
     let config = template(
-        "idle_timeout_ms = 1000\npassthrough = [\"plain.test\"]",
+        "idle_timeout_ms = 1000\npassthrough = [\"plain.test\"]\nallow_networks = [\"127.0.0.0/8\"]",
         "",
         &tiktok_profile_with(TIKTOK_APP_SECRET),
     );
@@ -1746,7 +1746,7 @@ async fn sighup_carries_managed_tokens_over_unless_their_settings_changed() {
 
     // Another setting changes; the token settings do not.
     bin.rewrite_config(&template(
-        "passthrough = [\"plain.test\"]",
+        "passthrough = [\"plain.test\"]\nallow_networks = [\"127.0.0.0/8\"]",
         "",
         &profile("rt-ops-0"),
     ));
@@ -1766,7 +1766,7 @@ async fn sighup_carries_managed_tokens_over_unless_their_settings_changed() {
 
     // A new authorization (a new refresh token in the config) starts from it.
     bin.rewrite_config(&template(
-        "passthrough = [\"plain.test\"]",
+        "passthrough = [\"plain.test\"]\nallow_networks = [\"127.0.0.0/8\"]",
         "",
         &profile("rt-ops-new-authorization"),
     ));

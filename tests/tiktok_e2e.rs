@@ -430,7 +430,15 @@ async fn upstream_connections_are_pooled_and_reused() {
 async fn passthrough_host_is_forwarded_unchanged_over_plain_http() {
     let ca = TestCa::new();
     let plain = TestUpstream::start_plain(Verifier::None);
-    let config = test_config("passthrough = [\"127.0.0.1\"]", "", &tiktok_profile());
+    // An address is reached through the network that holds it, never through a host pattern.
+    let config = test_config(
+        &format!(
+            "allow_networks = [\"127.0.0.1/32\"]\npassthrough_ports = [{}]",
+            plain.port()
+        ),
+        "",
+        &tiktok_profile(),
+    );
     let proxy = ProxyHarness::start(&config, &ca, None).await;
     let client = reqwest_via_proxy(proxy.addr, &ca.ca_pem());
     let resp = client

@@ -86,6 +86,11 @@ pub fn finish(
             ) {
                 metrics.body_limit_rejection();
             }
+            metrics.refusal(e.code());
+            if let ProxyError::DestinationNotAllowed(denied) = &e {
+                metrics.egress_denied(denied.class.label());
+                tracing::warn!(request_id = %log.id, host = %log.host, address = %denied.addr, class = denied.class.label(), "destination refused by the egress guard");
+            }
             (e.to_response(), Some(e.code()))
         }
     };

@@ -16,11 +16,15 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 
+use super::admission::{check_head, Client};
 use super::forward::{forward, Target};
 use super::limits::{reached, Phase, TunnelGauge};
-use super::{empty_body, finish, ConnContext, Proxy, ProxyBody, ProxyError, RequestLog, State};
-use crate::route::{route, Route, RouteError, PROFILE_HEADER};
-use crate::upstream::dial;
+use super::{
+    empty_body, finish, head_buffer_size, ConnContext, Proxy, ProxyBody, ProxyError, RequestLog,
+    State,
+};
+use crate::egress::EgressError;
+use crate::route::{normalize_host, route, Destination, Route, RouteError, PROFILE_HEADER};
 
 /// The first byte of every TLS connection (a handshake record).
 const TLS_HANDSHAKE: u8 = 0x16;
@@ -29,6 +33,7 @@ pub async fn handle(
     proxy: Proxy,
     state: &State,
     conn: ConnContext,
+    client: Client,
     req: Request<Incoming>,
     log: &mut RequestLog,
 ) -> Result<Response<ProxyBody>, ProxyError> {
@@ -38,7 +43,7 @@ pub async fn handle(
         .cloned()
         .ok_or_else(|| ProxyError::BadRequest("CONNECT needs a HOST:PORT target".to_owned()))?;
     let target = Target {
-        host: authority.host().to_ascii_lowercase(),
+        host: normalize_host(authority.host()),
         port: Some(authority.port_u16().unwrap_or(443)),
         https: true,
     };
@@ -49,7 +54,12 @@ pub async fn handle(
     let requested = connect_profile
         .as_ref()
         .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
-    match route(&state.config, &target.host, requested.as_deref()) {
+    let dest = Destination {
+        host: &target.host,
+        port: target.port.unwrap_or(443),
+        tunnel: true,
+    };
+    match route(&state.config, dest, requested.as_deref(), client.as_deref()) {
         Ok(Route::Passthrough) => {
             log.routed = true;
             tunnel(state, conn, req, &target).await
@@ -57,41 +67,48 @@ pub async fn handle(
         Ok(Route::Sign(profile)) => {
             log.routed = true;
             log.profile = Some(profile.qualified_name());
-            intercept(proxy, state, conn, req, target, connect_profile)
+            intercept(proxy, state, conn, req, target, connect_profile, client)
         }
         // Several profiles serve the host and the CONNECT names none: each request inside the
         // tunnel chooses with its own header (or gets the 400 itself).
         Err(RouteError::AmbiguousProfile { .. }) => {
             log.routed = true;
-            intercept(proxy, state, conn, req, target, None)
+            intercept(proxy, state, conn, req, target, None, client)
         }
         Err(e) => Err(e.into()),
     }
 }
 
-/// Dials first, so an unreachable host is a 502 rather than a tunnel that dies at once.
+/// Dials first (through the egress guard), so an unreachable or refused destination is an
+/// answer rather than a tunnel that dies at once. The tunnel holds its connection's slot for its
+/// whole life.
 async fn tunnel(
     state: &State,
-    mut conn: ConnContext,
+    conn: ConnContext,
     req: Request<Incoming>,
     target: &Target,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let port = target.port.unwrap_or(443);
-    let upstream = &state.upstream;
-    let mut server = dial(
-        upstream.connect_to(),
-        &target.host,
-        port,
-        upstream.connect_timeout(),
-    )
-    .await
-    .map_err(|e| ProxyError::UpstreamConnect {
-        authority: format!("{}:{port}", target.host),
-        reason: e.to_string(),
-    })?;
+    let mut server = state
+        .upstream
+        .dial_guarded(&target.host, port)
+        .await
+        .map_err(|e| match e {
+            EgressError::Denied(denied) => ProxyError::DestinationNotAllowed(denied),
+            other => ProxyError::UpstreamConnect {
+                authority: format!("{}:{port}", target.host),
+                reason: other.to_string(),
+            },
+        })?;
     let gauge = TunnelGauge::new(&state.metrics);
     let idle_timeout = state.config.proxy.idle_timeout;
     tokio::spawn(async move {
+        // Moved in whole: a closure that captured only some fields would drop the slot early.
+        let ConnContext {
+            slot: _slot,
+            activity,
+            mut phase,
+        } = conn;
         let _gauge = gauge;
         let upgraded = match hyper::upgrade::on(req).await {
             Ok(upgraded) => upgraded,
@@ -100,7 +117,6 @@ async fn tunnel(
         let mut client = TokioIo::new(upgraded);
         // An opaque tunnel has no requests to finish: it lives until either side closes, it
         // idles out, or the shutdown grace ends.
-        let activity = conn.activity.clone();
         tokio::select! {
             copied = tokio::io::copy_bidirectional(&mut client, &mut server) => {
                 if let Err(e) = copied {
@@ -110,7 +126,7 @@ async fn tunnel(
             () = activity.idle_for(idle_timeout) => {
                 tracing::debug!("passthrough tunnel idle; closing it");
             }
-            () = reached(&mut conn.phase, Phase::Closing) => {}
+            () = reached(&mut phase, Phase::Closing) => {}
         }
     });
     Ok(ok_response())
@@ -130,6 +146,7 @@ fn intercept(
     req: Request<Incoming>,
     target: Target,
     connect_profile: Option<HeaderValue>,
+    client: Client,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let tls_config = state
         .ca
@@ -158,6 +175,7 @@ fn intercept(
             conn,
             target,
             connect_profile,
+            client,
         };
         if first[0] == TLS_HANDSHAKE {
             let acceptor = tokio_rustls::TlsAcceptor::from(tls_config);
@@ -197,6 +215,8 @@ struct Inner {
     conn: ConnContext,
     target: Target,
     connect_profile: Option<HeaderValue>,
+    /// Who opened the tunnel: requests inside it carry no credentials of their own.
+    client: Client,
 }
 
 impl Inner {
@@ -212,12 +232,14 @@ impl Inner {
             mut conn,
             target,
             connect_profile,
+            client,
         } = self;
         let config = Arc::clone(&proxy.state().config);
         let service = service_fn(move |mut req: Request<Incoming>| {
             let state = proxy.state();
             let target = target.clone();
             let sni = sni.clone();
+            let client = client.clone();
             if let Some(profile) = &connect_profile {
                 if !req.headers().contains_key(PROFILE_HEADER) {
                     req.headers_mut().insert(PROFILE_HEADER, profile.clone());
@@ -229,8 +251,10 @@ impl Inner {
                     target.host.clone(),
                     req.uri().path().to_owned(),
                 );
-                let result = match check_inner_authority(&req, &target.host, sni.as_deref()) {
-                    Ok(()) => forward(&state, req, target, &mut log).await,
+                let admitted = check_head(&req, state.config.proxy.max_header_bytes)
+                    .and_then(|()| check_inner_authority(&req, &target.host, sni.as_deref()));
+                let result = match admitted {
+                    Ok(()) => forward(&state, client.as_deref(), req, target, &mut log).await,
                     Err(e) => {
                         tracing::warn!(request_id = %log.id, connect = %log.host, reason = %e, "misdirected request inside CONNECT refused");
                         Err(e)
@@ -243,7 +267,11 @@ impl Inner {
         builder
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(config.proxy.header_read_timeout);
+            .header_read_timeout(config.proxy.header_read_timeout)
+            .max_buf_size(head_buffer_size(&config));
+        builder
+            .http2()
+            .max_header_list_size(u32::try_from(config.proxy.max_header_bytes).unwrap_or(u32::MAX));
         let connection = builder.serve_connection(TokioIo::new(stream), service);
         let outcome = conn
             .drive(connection, config.proxy.idle_timeout, |c| {
@@ -265,7 +293,7 @@ fn check_inner_authority(
     sni: Option<&str>,
 ) -> Result<(), ProxyError> {
     if let Some(sni) = sni {
-        if !sni.eq_ignore_ascii_case(connect_host) {
+        if normalize_host(sni) != connect_host {
             return Err(ProxyError::MisdirectedRequest(format!(
                 "TLS SNI `{sni}` does not match the CONNECT target `{connect_host}`: open one tunnel per host"
             )));
@@ -287,7 +315,7 @@ fn check_inner_authority(
                 .to_owned()
         }
     };
-    if !inner.eq_ignore_ascii_case(connect_host) {
+    if normalize_host(&inner) != connect_host {
         return Err(ProxyError::MisdirectedRequest(format!(
             "Host `{inner}` does not match the CONNECT target `{connect_host}`: open one tunnel per host"
         )));

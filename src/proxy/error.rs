@@ -5,6 +5,7 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 
 use super::{full_body, ProxyBody};
+use crate::egress::EgressDenied;
 use crate::route::RouteError;
 use crate::sign::SignError;
 
@@ -36,6 +37,18 @@ pub enum ProxyError {
     TokenUnavailable(String),
     #[error("signproxy is serving its limit of {limit} connections ([proxy] max_connections): retry shortly, reuse connections, or raise the limit")]
     TooManyConnections { limit: usize },
+    #[error("{0}")]
+    ProxyAuthRequired(String),
+    #[error("{method} is not signed for {profile}: marketplace APIs take GET, POST, PUT, PATCH and DELETE (HEAD and OPTIONS are forwarded without a token)")]
+    MethodNotAllowed { method: String, profile: String },
+    #[error("the request body did not arrive within {timeout_ms} ms ([proxy] body_read_timeout_ms): send it faster, or raise the limit")]
+    BodyTimeout { timeout_ms: u128 },
+    #[error("signproxy is buffering its limit of {limit} bytes of request bodies ([proxy] max_buffered_bytes): retry shortly; nothing of this request was sent upstream")]
+    Busy { limit: u64 },
+    #[error("the request head is {size} bytes; the limit is {limit} ([proxy] max_header_bytes): send fewer or smaller headers")]
+    HeadersTooLarge { size: usize, limit: usize },
+    #[error(transparent)]
+    DestinationNotAllowed(#[from] EgressDenied),
 }
 
 impl From<SignError> for ProxyError {
@@ -51,7 +64,12 @@ impl ProxyError {
     pub fn code(&self) -> &'static str {
         match self {
             ProxyError::BadRequest(_) | ProxyError::SignBadRequest(_) => "bad_request",
-            ProxyError::Route(RouteError::HostNotAllowed { .. }) => "host_not_allowed",
+            ProxyError::Route(
+                RouteError::HostNotAllowed { .. } | RouteError::MarketplacePort { .. },
+            ) => "host_not_allowed",
+            ProxyError::Route(RouteError::PassthroughPort { .. })
+            | ProxyError::DestinationNotAllowed(_) => "destination_not_allowed",
+            ProxyError::Route(RouteError::ProfileNotAllowed { .. }) => "profile_not_allowed",
             ProxyError::Route(RouteError::AmbiguousProfile { .. }) => "ambiguous_profile",
             ProxyError::Route(RouteError::UnknownProfile { .. }) => "unknown_profile",
             ProxyError::BodyTooLarge { .. } | ProxyError::BodyOverLimit { .. } => "body_too_large",
@@ -62,13 +80,24 @@ impl ProxyError {
             ProxyError::Interception(_) => "interception_failed",
             ProxyError::TokenUnavailable(_) => "token_unavailable",
             ProxyError::TooManyConnections { .. } => "too_many_connections",
+            ProxyError::ProxyAuthRequired(_) => "proxy_auth_required",
+            ProxyError::MethodNotAllowed { .. } => "method_not_allowed",
+            ProxyError::BodyTimeout { .. } => "body_timeout",
+            ProxyError::Busy { .. } => "busy",
+            ProxyError::HeadersTooLarge { .. } => "headers_too_large",
         }
     }
 
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::BadRequest(_) | ProxyError::SignBadRequest(_) => StatusCode::BAD_REQUEST,
-            ProxyError::Route(RouteError::HostNotAllowed { .. }) => StatusCode::FORBIDDEN,
+            ProxyError::Route(
+                RouteError::HostNotAllowed { .. }
+                | RouteError::MarketplacePort { .. }
+                | RouteError::PassthroughPort { .. }
+                | RouteError::ProfileNotAllowed { .. },
+            )
+            | ProxyError::DestinationNotAllowed(_) => StatusCode::FORBIDDEN,
             ProxyError::Route(_) => StatusCode::BAD_REQUEST,
             ProxyError::BodyTooLarge { .. } | ProxyError::BodyOverLimit { .. } => {
                 StatusCode::PAYLOAD_TOO_LARGE
@@ -78,10 +107,27 @@ impl ProxyError {
             ProxyError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::MisdirectedRequest(_) => StatusCode::MISDIRECTED_REQUEST,
             ProxyError::Interception(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            ProxyError::TokenUnavailable(_) | ProxyError::TooManyConnections { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ProxyError::TokenUnavailable(_)
+            | ProxyError::TooManyConnections { .. }
+            | ProxyError::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::ProxyAuthRequired(_) => StatusCode::PROXY_AUTHENTICATION_REQUIRED,
+            ProxyError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
         }
+    }
+
+    /// Errors after which the connection cannot be trusted to be in step (a body left unread,
+    /// a refused tunnel the client may already be writing into) close it.
+    pub fn closes_connection(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::BodyTimeout { .. }
+                | ProxyError::Busy { .. }
+                | ProxyError::HeadersTooLarge { .. }
+                | ProxyError::BodyTooLarge { .. }
+                | ProxyError::BodyOverLimit { .. }
+        )
     }
 
     /// The error as the client sees it.
@@ -97,6 +143,24 @@ impl ProxyError {
             HeaderValue::from_static("application/json"),
         );
         headers.insert(ERROR_HEADER, HeaderValue::from_static(self.code()));
+        match self {
+            ProxyError::ProxyAuthRequired(_) => {
+                headers.insert(
+                    header::PROXY_AUTHENTICATE,
+                    HeaderValue::from_static("Basic realm=\"signproxy\""),
+                );
+            }
+            ProxyError::MethodNotAllowed { .. } => {
+                headers.insert(
+                    header::ALLOW,
+                    HeaderValue::from_static("GET, POST, PUT, PATCH, DELETE, HEAD, OPTIONS"),
+                );
+            }
+            _ => {}
+        }
+        if self.closes_connection() {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         response
     }
 }

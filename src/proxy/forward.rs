@@ -11,15 +11,19 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
-use http::{header, HeaderMap, Request, Response, Uri, Version};
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response, Uri, Version};
+use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::{ProxyBody, ProxyError, RequestLog, State};
+use super::admission::Client;
+use super::{ProxyBody, ProxyError, RequestLog, State, BUFFER_PERMIT_BYTES};
 
-use crate::config::Profile;
+use crate::config::{Profile, ProxyClient};
 use crate::request::{prepare_head, strip_hop_by_hop, unix_now};
-use crate::route::{route, Route, PROFILE_HEADER};
+use crate::route::{
+    named_port, normalize_host, route, signed_port, Destination, Route, PROFILE_HEADER,
+};
 use crate::secret::Secret;
 use crate::sign::{https_authority, RequestHead};
 use crate::token::{TokenError, TokenSource};
@@ -28,7 +32,7 @@ use crate::upstream::{BoxError, UpstreamBody, UpstreamError};
 /// Responses up to this size are checked for a "token expired" answer before they are relayed.
 const TOKEN_ANSWER_INSPECT_LIMIT: u64 = 64 * 1024;
 
-/// Where a request is going, as the client named it.
+/// Where a request is going, as the client named it (host normalised by [`normalize_host`]).
 #[derive(Debug, Clone)]
 pub struct Target {
     pub host: String,
@@ -40,6 +44,7 @@ pub struct Target {
 /// An absolute-form request (`GET http://host/path HTTP/1.1`), as clients send through HTTP_PROXY.
 pub async fn handle_absolute(
     state: &State,
+    client: Client,
     req: Request<Incoming>,
     log: &mut RequestLog,
 ) -> Result<Response<ProxyBody>, ProxyError> {
@@ -60,18 +65,19 @@ pub async fn handle_absolute(
             ))
         }
     };
-    let host = uri.host().unwrap_or_default().to_ascii_lowercase();
     let target = Target {
-        host,
+        host: normalize_host(uri.host().unwrap_or_default()),
         port: uri.port_u16(),
         https,
     };
-    forward(state, req, target, log).await
+    forward(state, client.as_deref(), req, target, log).await
 }
 
-/// Routes and forwards a request whose destination is `target`.
+/// Routes and forwards a request whose destination is `target`, for `client` (the
+/// authenticated proxy client, when `[proxy.auth]` is on).
 pub async fn forward(
     state: &State,
+    client: Option<&ProxyClient>,
     req: Request<Incoming>,
     target: Target,
     log: &mut RequestLog,
@@ -81,7 +87,12 @@ pub async fn forward(
         .headers()
         .get(PROFILE_HEADER)
         .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
-    match route(&state.config, &target.host, requested.as_deref())? {
+    let dest = Destination {
+        host: &target.host,
+        port: named_port(target.https, target.port),
+        tunnel: false,
+    };
+    match route(&state.config, dest, requested.as_deref(), client)? {
         Route::Sign(profile) => {
             log.routed = true;
             log.profile = Some(profile.qualified_name());
@@ -94,6 +105,19 @@ pub async fn forward(
     }
 }
 
+/// The methods marketplace APIs use. HEAD and OPTIONS are signed too, but never carry the
+/// access token: nothing a marketplace answers to them needs it.
+fn check_method(method: &Method, profile: &Profile) -> Result<bool, ProxyError> {
+    match *method {
+        Method::GET | Method::POST | Method::PUT | Method::PATCH | Method::DELETE => Ok(true),
+        Method::HEAD | Method::OPTIONS => Ok(false),
+        _ => Err(ProxyError::MethodNotAllowed {
+            method: method.to_string(),
+            profile: profile.qualified_name(),
+        }),
+    }
+}
+
 async fn forward_signed(
     state: &State,
     req: Request<Incoming>,
@@ -101,13 +125,11 @@ async fn forward_signed(
     profile: &Profile,
     log: &mut RequestLog,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    // Marketplace APIs are https-only: a plain-http request through HTTP_PROXY is upgraded.
-    let port = match (target.https, target.port) {
-        (false, None | Some(80)) | (true, None) => 443,
-        (_, Some(port)) => port,
-    };
+    let may_carry_token = check_method(req.method(), profile)?;
+    let port = signed_port(target.https, target.port);
     let (parts, body) = req.into_parts();
-    let body = read_body(&parts.headers, body, state.config.proxy.max_body_bytes).await?;
+    // Held until the request is done with the body (the retry after a token refresh included).
+    let (body, _reservation) = read_body(state, &parts.headers, body).await?;
     log.bytes_in.store(body.len() as u64, Ordering::Relaxed);
     let path_and_query = parts
         .uri
@@ -121,7 +143,7 @@ async fn forward_signed(
         parts.headers,
         body.len(),
     )?;
-    let token = if profile.signer.wants_access_token(&head) {
+    let token = if may_carry_token && profile.signer.wants_access_token(&head) {
         state
             .tokens
             .token(profile, unix_now())
@@ -185,7 +207,14 @@ async fn sign_and_send(
     *upstream_req.method_mut() = head.method;
     *upstream_req.uri_mut() = uri;
     *upstream_req.headers_mut() = head.headers;
-    send(state, upstream_req, &head.authority, log).await
+    send(
+        state,
+        Egress::Marketplace,
+        upstream_req,
+        &head.authority,
+        log,
+    )
+    .await
 }
 
 /// Marketplaces' "token expired" answers are small JSON bodies. Up to
@@ -305,6 +334,11 @@ async fn forward_unchanged(
         Some(port) => format!("{}:{port}", target.host),
         None => target.host.clone(),
     };
+    // RFC 9112 §3.2.2: the absolute URI's authority wins over the client's Host, so a client
+    // cannot reach another virtual host behind an allowed name.
+    let host = HeaderValue::from_str(&authority)
+        .map_err(|_| ProxyError::BadRequest(format!("`{authority}` is not a valid host")))?;
+    parts.headers.insert(header::HOST, host);
     let path_and_query = parts
         .uri
         .path_and_query()
@@ -323,7 +357,7 @@ async fn forward_unchanged(
     *upstream_req.method_mut() = parts.method;
     *upstream_req.uri_mut() = upstream_uri(scheme, &authority, path_and_query)?;
     *upstream_req.headers_mut() = parts.headers;
-    send(state, upstream_req, &authority, log).await
+    send(state, Egress::Guarded, upstream_req, &authority, log).await
 }
 
 fn upstream_uri(scheme: &str, authority: &str, path_and_query: &str) -> Result<Uri, ProxyError> {
@@ -333,8 +367,16 @@ fn upstream_uri(scheme: &str, authority: &str, path_and_query: &str) -> Result<U
 }
 
 /// Buffers the whole body (hyper has already removed any chunked framing), refusing more than
-/// `limit` bytes: early from Content-Length when declared, else as soon as the limit is crossed.
-async fn read_body(headers: &HeaderMap, body: Incoming, limit: u64) -> Result<Bytes, ProxyError> {
+/// `[proxy] max_body_bytes` (early from Content-Length when declared, else as soon as the limit
+/// is crossed), a body slower than `body_read_timeout_ms`, and more than the process may buffer
+/// at once (`max_buffered_bytes`). Nothing has gone upstream when any of these refuses.
+async fn read_body(
+    state: &State,
+    headers: &HeaderMap,
+    mut body: Incoming,
+) -> Result<(Bytes, BufferReservation), ProxyError> {
+    let settings = &state.config.proxy;
+    let limit = settings.max_body_bytes;
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -342,20 +384,83 @@ async fn read_body(headers: &HeaderMap, body: Incoming, limit: u64) -> Result<By
     if let Some(actual) = declared.filter(|&len| len > limit) {
         return Err(ProxyError::BodyTooLarge { actual, limit });
     }
-    let cap = usize::try_from(limit).unwrap_or(usize::MAX);
-    match Limited::new(body, cap).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
-            Err(ProxyError::BodyOverLimit { limit })
+    let mut reservation = BufferReservation {
+        budget: Arc::clone(&state.buffer_budget),
+        permit: None,
+        limit: settings.max_buffered_bytes,
+    };
+    let declared = declared.unwrap_or(0);
+    reservation.cover(declared)?;
+    let deadline = tokio::time::Instant::now() + settings.body_read_timeout;
+    // Within max_body_bytes and already reserved, so the up-front allocation is bounded.
+    let mut buffer = BytesMut::with_capacity(usize::try_from(declared).unwrap_or(0));
+    loop {
+        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+            Err(_) => {
+                return Err(ProxyError::BodyTimeout {
+                    timeout_ms: settings.body_read_timeout.as_millis(),
+                })
+            }
+            Ok(None) => break,
+            Ok(Some(Err(e))) => {
+                return Err(ProxyError::BadRequest(format!(
+                    "could not read the request body: {e}"
+                )))
+            }
+            Ok(Some(Ok(frame))) => frame,
+        };
+        if let Ok(data) = frame.into_data() {
+            let total = buffer.len() as u64 + data.len() as u64;
+            if total > limit {
+                return Err(ProxyError::BodyOverLimit { limit });
+            }
+            reservation.cover(total)?;
+            buffer.extend_from_slice(&data);
         }
-        Err(e) => Err(ProxyError::BadRequest(format!(
-            "could not read the request body: {e}"
-        ))),
     }
+    Ok((buffer.freeze(), reservation))
+}
+
+/// This request's share of `[proxy] max_buffered_bytes`, returned when dropped.
+struct BufferReservation {
+    budget: Arc<Semaphore>,
+    permit: Option<OwnedSemaphorePermit>,
+    limit: u64,
+}
+
+impl BufferReservation {
+    /// Grows the reservation to cover `bytes`, or refuses with 503 `busy` without waiting: a
+    /// waiting request would hold its connection and partial body while others do the same.
+    fn cover(&mut self, bytes: u64) -> Result<(), ProxyError> {
+        let busy = || ProxyError::Busy { limit: self.limit };
+        let wanted = bytes.div_ceil(BUFFER_PERMIT_BYTES);
+        let held = self.permit.as_ref().map_or(0, |p| p.num_permits() as u64);
+        if wanted <= held {
+            return Ok(());
+        }
+        let more = u32::try_from(wanted - held).map_err(|_| busy())?;
+        let extra = Arc::clone(&self.budget)
+            .try_acquire_many_owned(more)
+            .map_err(|_| busy())?;
+        match &mut self.permit {
+            Some(permit) => permit.merge(extra),
+            None => self.permit = Some(extra),
+        }
+        Ok(())
+    }
+}
+
+/// Which dialler a request takes: marketplace hosts go where the config says (`connect_to` or
+/// DNS); everything else passes the egress guard first.
+#[derive(Clone, Copy)]
+enum Egress {
+    Marketplace,
+    Guarded,
 }
 
 async fn send(
     state: &State,
+    egress: Egress,
     req: Request<UpstreamBody>,
     authority: &str,
     log: &mut RequestLog,
@@ -363,7 +468,10 @@ async fn send(
     let mut req = req;
     *req.version_mut() = Version::HTTP_11;
     let sent = Instant::now();
-    let response = state.upstream.send(req).await;
+    let response = match egress {
+        Egress::Marketplace => state.upstream.send(req).await,
+        Egress::Guarded => state.upstream.send_guarded(req).await,
+    };
     let latency = sent.elapsed();
     log.upstream_latency = Some(latency);
     state
@@ -382,6 +490,7 @@ async fn send(
             authority: authority.to_owned(),
             reason,
         },
+        UpstreamError::Denied(denied) => ProxyError::DestinationNotAllowed(denied),
     })?;
     log.upstream_status = Some(response.status().as_u16());
     let (mut parts, body) = response.into_parts();

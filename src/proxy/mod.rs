@@ -1,9 +1,10 @@
 //! The proxy server: [`Proxy`] holds the live state (swapped whole on reload) and runs the
-//! accept loop with its limits and graceful shutdown. `forward` handles absolute-form requests,
-//! `connect` handles CONNECT, `access_log` writes the canonical line, `limits` owns connection
+//! accept loop with its limits and graceful shutdown. `admission` checks every request first
+//! (proxy authentication, head limits), `forward` handles absolute-form requests, `connect` handles CONNECT, `access_log` writes the canonical line, `limits` owns connection
 //! slots and timeouts, and `error` turns every failure into the one response shape.
 
 pub mod access_log;
+pub mod admission;
 pub mod connect;
 pub mod error;
 pub mod forward;
@@ -11,12 +12,13 @@ pub mod limits;
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{Method, Request, Response};
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -28,6 +30,7 @@ use tokio::task::JoinSet;
 
 use crate::ca::{CaError, CertificateAuthority};
 use crate::config::Config;
+use crate::egress::EgressPolicy;
 use crate::metrics::Metrics;
 use crate::token::{TokenError, TokenManager};
 use crate::upstream::{Upstream, UpstreamError};
@@ -56,7 +59,13 @@ pub struct State {
     pub ca: Arc<CertificateAuthority>,
     pub tokens: TokenManager,
     pub metrics: Arc<Metrics>,
+    /// Request-body bytes buffered across all requests, in KiB permits (`max_buffered_bytes`);
+    /// shared across reloads, like the connection slots.
+    pub buffer_budget: Arc<Semaphore>,
 }
+
+/// One permit of [`State::buffer_budget`] stands for this many bytes.
+pub const BUFFER_PERMIT_BYTES: u64 = 1024;
 
 impl State {
     /// Builds the state for `config`; `previous` lends its token entries so a reload neither
@@ -65,8 +74,32 @@ impl State {
         config: Arc<Config>,
         metrics: &Arc<Metrics>,
         previous: Option<&State>,
+        own_addresses: &[SocketAddr],
     ) -> Result<State, ServeError> {
-        let upstream = Upstream::new(&config.upstream)?;
+        let egress = EgressPolicy {
+            allow_networks: config.proxy.allow_networks.clone(),
+            own_addresses: own_addresses
+                .iter()
+                .copied()
+                .chain(Some(config.proxy.listen))
+                .chain(config.admin.listen)
+                .collect(),
+        };
+        let upstream = Upstream::new(&config.upstream, egress)?;
+        let buffer_budget = match previous {
+            Some(p) => Arc::clone(&p.buffer_budget),
+            None => {
+                let permits = config
+                    .proxy
+                    .max_buffered_bytes
+                    .div_ceil(BUFFER_PERMIT_BYTES);
+                Arc::new(Semaphore::new(
+                    usize::try_from(permits)
+                        .unwrap_or(usize::MAX)
+                        .min(Semaphore::MAX_PERMITS),
+                ))
+            }
+        };
         let (tokens, warnings) = TokenManager::new(
             &config,
             upstream.clone(),
@@ -82,6 +115,7 @@ impl State {
             tokens,
             config,
             metrics: Arc::clone(metrics),
+            buffer_budget,
         })
     }
 }
@@ -101,14 +135,23 @@ pub enum ServeError {
 pub struct Proxy {
     current: Arc<RwLock<Arc<State>>>,
     metrics: Arc<Metrics>,
+    /// Where this process listens (proxy and admin, as bound): never a passthrough destination.
+    own_addresses: Arc<Vec<SocketAddr>>,
 }
 
 impl Proxy {
-    pub fn new(config: Arc<Config>, metrics: Arc<Metrics>) -> Result<Proxy, ServeError> {
-        let state = State::build(config, &metrics, None)?;
+    /// `own_addresses` are the addresses actually bound (they differ from the config's when it
+    /// says port 0); the egress guard refuses them so the proxy never dials itself.
+    pub fn new(
+        config: Arc<Config>,
+        metrics: Arc<Metrics>,
+        own_addresses: Vec<SocketAddr>,
+    ) -> Result<Proxy, ServeError> {
+        let state = State::build(config, &metrics, None, &own_addresses)?;
         Ok(Proxy {
             current: Arc::new(RwLock::new(Arc::new(state))),
             metrics,
+            own_addresses: Arc::new(own_addresses),
         })
     }
 
@@ -126,7 +169,7 @@ impl Proxy {
     /// notes on settings that only take effect at start.
     pub fn reload(&self, config: Arc<Config>) -> Result<Vec<String>, ServeError> {
         let old = self.state();
-        let state = State::build(config, &self.metrics, Some(&old))?;
+        let state = State::build(config, &self.metrics, Some(&old), &self.own_addresses)?;
         let notes = restart_only_changes(&old.config, &state.config);
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(state);
         Ok(notes)
@@ -146,6 +189,7 @@ impl Proxy {
         let refusals = Arc::new(Semaphore::new(max_connections));
         let (phase_tx, phase_rx) = watch::channel(Phase::Serving);
         let mut connections = JoinSet::new();
+        let mut last_accept_warning: Option<Instant> = None;
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -170,9 +214,14 @@ impl Proxy {
                         }
                     }
                     Err(e) => {
-                        // Usually EMFILE: back off instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        // Usually EMFILE: back off instead of spinning, and say so at most once a
+                        // second however long it lasts.
+                        let now = Instant::now();
+                        if last_accept_warning.map_or(true, |at| now.duration_since(at) >= Duration::from_secs(1)) {
+                            last_accept_warning = Some(now);
+                            tracing::warn!(error = %e, "accept failed (out of file handles?); backing off");
+                        }
+                        tokio::time::sleep(ACCEPT_BACKOFF).await;
                     }
                 },
                 Some(_) = connections.join_next(), if !connections.is_empty() => {}
@@ -209,10 +258,14 @@ pub async fn run(
     config: Arc<Config>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
-    Proxy::new(config, Arc::new(Metrics::new()))?
+    let own = listener.local_addr().into_iter().collect();
+    Proxy::new(config, Arc::new(Metrics::new()), own)?
         .serve(listener, shutdown)
         .await
 }
+
+/// How long the accept loop pauses after a failed accept (usually: out of file handles).
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Settings a reload cannot apply to a running server.
 fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
@@ -229,7 +282,11 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
         old.proxy.max_connections != new.proxy.max_connections,
         "proxy.max_connections",
     );
-    note(old.admin != new.admin, "admin.listen");
+    note(
+        old.proxy.max_buffered_bytes != new.proxy.max_buffered_bytes,
+        "proxy.max_buffered_bytes",
+    );
+    note(old.admin.listen != new.admin.listen, "admin.listen");
     note(old.log != new.log, "log");
     notes
 }
@@ -275,8 +332,15 @@ pub fn http1_builder(config: &Config) -> hyper::server::conn::http1::Builder {
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(config.proxy.header_read_timeout);
+        .header_read_timeout(config.proxy.header_read_timeout)
+        .max_buf_size(head_buffer_size(config));
     builder
+}
+
+/// hyper's read buffer bounds the head it will parse: room for a head at the limit (which
+/// then gets the JSON 431 from admission), while anything far past it is cut off by hyper.
+pub fn head_buffer_size(config: &Config) -> usize {
+    config.proxy.max_header_bytes.saturating_mul(2).max(8192)
 }
 
 async fn serve_connection(proxy: Proxy, stream: TcpStream, mut conn: ConnContext) {
@@ -325,10 +389,23 @@ async fn handle(
         String::new(),
         req.uri().path().to_owned(),
     );
-    let result = if req.method() == Method::CONNECT {
-        connect::handle(proxy, &state, conn, req, &mut log).await
-    } else {
-        forward::handle_absolute(&state, req, &mut log).await
+    let is_connect = req.method() == Method::CONNECT;
+    let admitted = admission::check_head(&req, state.config.proxy.max_header_bytes)
+        .and_then(|()| admission::authenticate(state.config.proxy.auth.as_ref(), req.headers()));
+    let result = match admitted {
+        Err(e) => Err(e),
+        Ok(client) if is_connect => {
+            connect::handle(proxy, &state, conn, client, req, &mut log).await
+        }
+        Ok(client) => forward::handle_absolute(&state, client, req, &mut log).await,
     };
-    Ok(finish(result, log, &state.metrics))
+    let mut response = finish(result, log, &state.metrics);
+    // A client whose CONNECT was refused may already be sending into the tunnel it expected:
+    // those bytes must never be read as the next request.
+    if is_connect && response.status() != StatusCode::OK {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    Ok(response)
 }
