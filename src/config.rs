@@ -1171,6 +1171,17 @@ mod tests {
         assert!(!p.matches("example.com"));
         assert!(!p.matches("badexample.com"));
         assert!(HostPattern::parse("https://x.com").is_err());
+        // Patterns name hosts, never addresses: these would match IP literals.
+        assert!(HostPattern::parse("::1").is_err() && HostPattern::parse("[::1]").is_err());
+        for address in ["127.0.0.1", "*.0.1", "*.1", "0x7f.1", "2130706433"] {
+            let e = HostPattern::parse(address).unwrap_err();
+            assert!(e.contains("allow_networks"), "{address}: {e}");
+        }
+        assert!(!p.matches("127.0.0.1"));
+        assert_eq!(p.matches("a.example.com."), p.matches("a.example.com"));
+        assert!(!HostPattern::parse("*.example.com")
+            .unwrap()
+            .matches("[::1]"));
         assert!(HostPattern::parse("x.com:443").is_err());
     }
 

@@ -5,6 +5,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::config::{is_ip_literal, Config, Profile, ProxyClient};
+use crate::egress::{classify, AddrClass};
 
 /// The request header a client may use to pick a profile; removed before forwarding.
 pub const PROFILE_HEADER: &str = "x-signproxy-profile";
@@ -45,6 +46,11 @@ pub enum RouteError {
         host: String,
         port: u16,
         extra: String,
+    },
+    #[error("`{address}` is {class}, and no network in [proxy] allow_networks holds it: signproxy forwards to addresses only in networks listed there")]
+    AddressNotAllowed {
+        address: String,
+        class: &'static str,
     },
     #[error("port {port} of passthrough host `{host}` is not open: {allowed} (set [proxy] passthrough_ports to open more)")]
     PassthroughPort {
@@ -192,16 +198,24 @@ fn check_marketplace_port(config: &Config, dest: Destination<'_>) -> Result<(), 
 fn passthrough(config: &Config, dest: Destination<'_>) -> Result<Route, RouteError> {
     let proxy = &config.proxy;
     // Patterns never match an address; only a network the operator opened does.
-    let listed = if is_ip_literal(dest.host) {
-        dest.host
+    if is_ip_literal(dest.host) {
+        let ip = dest
+            .host
             .trim_start_matches('[')
             .trim_end_matches(']')
             .parse::<IpAddr>()
-            .is_ok_and(|ip| proxy.allow_networks.iter().any(|n| n.contains(&ip)))
-    } else {
-        proxy.passthrough.iter().any(|p| p.matches(dest.host))
-    };
-    if !listed {
+            .ok();
+        let opened = ip.is_some_and(|ip| proxy.allow_networks.iter().any(|n| n.contains(&ip)));
+        if !opened {
+            let class = ip
+                .and_then(classify)
+                .map_or("an address", AddrClass::describe);
+            return Err(RouteError::AddressNotAllowed {
+                address: dest.host.to_owned(),
+                class,
+            });
+        }
+    } else if !proxy.passthrough.iter().any(|p| p.matches(dest.host)) {
         return Err(RouteError::HostNotAllowed {
             host: dest.host.to_owned(),
         });

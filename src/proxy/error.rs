@@ -67,7 +67,9 @@ impl ProxyError {
             ProxyError::Route(
                 RouteError::HostNotAllowed { .. } | RouteError::MarketplacePort { .. },
             ) => "host_not_allowed",
-            ProxyError::Route(RouteError::PassthroughPort { .. })
+            ProxyError::Route(
+                RouteError::PassthroughPort { .. } | RouteError::AddressNotAllowed { .. },
+            )
             | ProxyError::DestinationNotAllowed(_) => "destination_not_allowed",
             ProxyError::Route(RouteError::ProfileNotAllowed { .. }) => "profile_not_allowed",
             ProxyError::Route(RouteError::AmbiguousProfile { .. }) => "ambiguous_profile",
@@ -95,6 +97,7 @@ impl ProxyError {
                 RouteError::HostNotAllowed { .. }
                 | RouteError::MarketplacePort { .. }
                 | RouteError::PassthroughPort { .. }
+                | RouteError::AddressNotAllowed { .. }
                 | RouteError::ProfileNotAllowed { .. },
             )
             | ProxyError::DestinationNotAllowed(_) => StatusCode::FORBIDDEN,

@@ -17,6 +17,8 @@ use super::upstream::TestUpstream;
 /// A running proxy. Dropping it stops the server.
 pub struct ProxyHarness {
     pub addr: SocketAddr,
+    /// The running proxy's metrics (what `/metrics` would show).
+    pub metrics: Arc<signproxy::metrics::Metrics>,
     pub dir: tempfile::TempDir,
     /// The test upstream CA, as given to signproxy in `[upstream] ca_file`.
     pub upstream_ca_path: PathBuf,
@@ -45,7 +47,8 @@ pub fn tiktok_profile() -> String {
 
 impl ProxyHarness {
     /// Starts the proxy. `template` may use `@STATE@` (temp state folder), `@CA_FILE@` (the test
-    /// CA's PEM) and `@CONNECT_TO@` (every upstream name → `upstream`, or `{}`).
+    /// CA's PEM), `@CONNECT_TO@` (every upstream name → `upstream`, or `{}`) and `@PROXY_PORT@`
+    /// (the port the proxy itself listens on).
     pub async fn start(
         template: &str,
         ca: &TestCa,
@@ -57,7 +60,12 @@ impl ProxyHarness {
         let connect_to = upstream
             .map(|u| u.connect_to_toml())
             .unwrap_or_else(|| "{}".into());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
         let text = template
+            .replace("@PROXY_PORT@", &addr.port().to_string())
             .replace("@STATE@", &toml_path(&state))
             .replace("@CA_FILE@", &toml_path(&upstream_ca_path))
             .replace("@CONNECT_TO@", &connect_to);
@@ -67,26 +75,37 @@ impl ProxyHarness {
             .unwrap_or_else(|e| panic!("test config invalid: {e}\n{text}"));
         // Created here rather than inside run(), so tests can read it without racing the server.
         signproxy::ca::CertificateAuthority::load_or_create(&config.mitm).expect("proxy CA");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
         let (stop, stopped) = oneshot::channel::<()>();
+        let metrics = Arc::new(signproxy::metrics::Metrics::new());
+        let proxy =
+            signproxy::proxy::Proxy::new(Arc::new(config), Arc::clone(&metrics), vec![addr])
+                .expect("proxy state");
         let task = tokio::spawn(async move {
             let shutdown = async {
                 let _ = stopped.await;
             };
-            signproxy::proxy::run(listener, Arc::new(config), shutdown)
-                .await
-                .expect("proxy run");
+            proxy.serve(listener, shutdown).await.expect("proxy run");
         });
         ProxyHarness {
             addr,
+            metrics,
             dir,
             upstream_ca_path,
             stop: Some(stop),
             task: Some(task),
         }
+    }
+
+    /// The value of one sample in the metrics exposition (`name{labels}` exactly as printed),
+    /// or 0 when it has not been recorded.
+    pub fn metric(&self, sample: &str) -> f64 {
+        let text = self.metrics.encode();
+        text.lines()
+            .find_map(|line| {
+                let (name, value) = line.rsplit_once(' ')?;
+                (name == sample).then(|| value.parse().ok())?
+            })
+            .unwrap_or(0.0)
     }
 
     /// Path of signproxy's own interception CA certificate.
