@@ -23,6 +23,7 @@ use crate::route::{
 };
 use crate::secret::Secret;
 use crate::sign::{https_authority, Signer};
+use crate::token::store::TokenStore;
 use crate::token::TokenSource;
 
 #[derive(Parser, Debug)]
@@ -72,10 +73,14 @@ enum Command {
 
 #[derive(Subcommand, Debug)]
 enum CaAction {
-    /// Create the CA at [mitm] ca_cert/ca_key (default: under [proxy] state_dir).
+    /// Create the CA at [mitm] ca_cert/ca_key (default: under [proxy] state_dir), limited to
+    /// the profiles' hosts.
     Init {
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Replace an existing CA (clients must then trust the new certificate).
+        #[arg(long)]
+        force: bool,
     },
     /// Print the CA certificate (PEM) for clients to trust, creating the CA if needed.
     Cert {
@@ -119,6 +124,13 @@ fn run(flag: Option<PathBuf>) -> Result<(), String> {
 }
 
 async fn serve(path: PathBuf, config: Arc<Config>) -> Result<(), String> {
+    let state_dir = &config.proxy.state_dir;
+    crate::state_dir::create_private_dir(state_dir).map_err(|e| {
+        format!(
+            "cannot create the state folder {} ({e}): create it, or set [proxy] state_dir",
+            state_dir.display()
+        )
+    })?;
     let listener = bind(config.proxy.listen, "proxy.listen").await?;
     let admin_listener = match config.admin.listen {
         Some(addr) => Some(bind(addr, "admin.listen").await?),
@@ -130,6 +142,8 @@ async fn serve(path: PathBuf, config: Arc<Config>) -> Result<(), String> {
         .collect();
     let proxy = Proxy::new(Arc::clone(&config), Arc::new(Metrics::new()), own_addresses)
         .map_err(|e| e.to_string())?;
+    // Before the listening line: whoever waits for it may send SIGHUP at once.
+    tokio::spawn(reload_on_sighup(proxy.clone(), path));
     let local = |l: &TcpListener| l.local_addr().map(|a| a.to_string()).unwrap_or_default();
     tracing::info!(
         listen = %local(&listener),
@@ -149,7 +163,6 @@ async fn serve(path: PathBuf, config: Arc<Config>) -> Result<(), String> {
         }));
     }
     tokio::spawn(obtain_missing_tokens(proxy.clone()));
-    tokio::spawn(reload_on_sighup(proxy.clone(), path));
     let served = proxy.serve(listener, shutdown_signal()).await;
     let _ = stopped_tx.send(true);
     served.map_err(|e| e.to_string())?;
@@ -173,37 +186,43 @@ async fn obtain_missing_tokens(proxy: Proxy) {
 }
 
 /// SIGHUP re-reads the config file and its secrets. A config that does not load leaves the
-/// running one in place.
-async fn reload_on_sighup(proxy: Proxy, path: PathBuf) {
+/// running one in place. The handler is installed by this call, not when the task first runs:
+/// until then a SIGHUP takes its default action and ends the process.
+fn reload_on_sighup(proxy: Proxy, path: PathBuf) -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut hangups = match signal(SignalKind::hangup()) {
-            Ok(hangups) => hangups,
-            Err(e) => return tracing::warn!(error = %e, "cannot listen for SIGHUP; reload is off"),
-        };
-        while hangups.recv().await.is_some() {
-            let reloaded = Config::load(&path)
-                .map_err(|e| e.to_string())
-                .and_then(|config| proxy.reload(Arc::new(config)).map_err(|e| e.to_string()));
-            match reloaded {
-                Ok(notes) => {
-                    proxy.metrics().config_reload(Outcome::Success);
-                    tracing::info!(config = %path.display(), "config reloaded");
-                    for note in notes {
-                        tracing::warn!("{note}");
-                    }
-                    tokio::spawn(obtain_missing_tokens(proxy.clone()));
-                }
+    let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
+    async move {
+        #[cfg(unix)]
+        {
+            let mut hangups = match hangups {
+                Ok(hangups) => hangups,
                 Err(e) => {
-                    proxy.metrics().config_reload(Outcome::Failure);
-                    tracing::error!(error = %e, "config reload rejected; still serving the previous config");
+                    return tracing::warn!(error = %e, "cannot listen for SIGHUP; reload is off")
+                }
+            };
+            while hangups.recv().await.is_some() {
+                let reloaded = Config::load(&path)
+                    .map_err(|e| e.to_string())
+                    .and_then(|config| proxy.reload(Arc::new(config)).map_err(|e| e.to_string()));
+                match reloaded {
+                    Ok(notes) => {
+                        proxy.metrics().config_reload(Outcome::Success);
+                        tracing::info!(config = %path.display(), "config reloaded");
+                        for note in notes {
+                            tracing::warn!("{note}");
+                        }
+                        tokio::spawn(obtain_missing_tokens(proxy.clone()));
+                    }
+                    Err(e) => {
+                        proxy.metrics().config_reload(Outcome::Failure);
+                        tracing::error!(error = %e, "config reload rejected; still serving the previous config");
+                    }
                 }
             }
         }
+        #[cfg(not(unix))]
+        let _ = (proxy, path);
     }
-    #[cfg(not(unix))]
-    let _ = (proxy, path);
 }
 
 /// Resolves on SIGINT or SIGTERM.
@@ -262,16 +281,36 @@ fn route_lines(config: &Config) -> Vec<String> {
 
 fn ca(action: CaAction) -> Result<(), String> {
     match action {
-        CaAction::Init { config } => {
+        CaAction::Init { config, force } => {
             let config = load(config)?;
             let mitm = &config.mitm;
-            CertificateAuthority::create(&mitm.ca_cert, &mitm.ca_key).map_err(|e| e.to_string())?;
-            println!("created CA certificate {}", mitm.ca_cert.display());
+            let existed = mitm.ca_cert.exists() || mitm.ca_key.exists();
+            if force {
+                CertificateAuthority::replace(mitm)
+            } else {
+                CertificateAuthority::create(mitm)
+            }
+            .map_err(|e| e.to_string())?;
+            let done = if existed { "replaced" } else { "created" };
+            println!("{done} CA certificate {}", mitm.ca_cert.display());
             println!(
-                "created CA key         {} (mode 0600)",
+                "{done} CA key         {} (mode 0600)",
                 mitm.ca_key.display()
             );
-            println!("trust it in clients: see `signproxy ca cert` and README.md");
+            let hosts: Vec<String> = mitm.permitted_hosts.iter().map(|h| h.to_string()).collect();
+            println!(
+                "valid only for: {} (X.509 name constraints)",
+                if hosts.is_empty() {
+                    "no host (no profile is configured)".to_owned()
+                } else {
+                    hosts.join(", ")
+                }
+            );
+            if existed {
+                println!("clients that trusted the old certificate must trust this one instead: see `signproxy ca cert` and README.md");
+            } else {
+                println!("trust it in clients: see `signproxy ca cert` and README.md");
+            }
             Ok(())
         }
         CaAction::Cert { config } => {
@@ -287,6 +326,17 @@ fn ca(action: CaAction) -> Result<(), String> {
 fn check(flag: Option<PathBuf>) -> Result<(), String> {
     let path = config::resolve_path(flag.as_deref());
     let config = Config::load(&path).map_err(|e| e.to_string())?;
+    for warning in &config.warnings {
+        eprintln!("warning: {warning}");
+    }
+    // What `run` would load from the state folder, inspected without creating anything.
+    let ca_warnings = CertificateAuthority::inspect(&config.mitm).map_err(|e| e.to_string())?;
+    for warning in ca_warnings
+        .iter()
+        .chain(&TokenStore::permission_warning(&config.proxy.state_dir))
+    {
+        eprintln!("warning: {warning}");
+    }
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{}: OK", path.display());
     let _ = writeln!(out, "listen {}", config.proxy.listen);

@@ -1,6 +1,7 @@
 //! The TOML config: raw schema (unknown keys are errors), secret references (literal, env, file),
 //! and validation into a typed [`Config`] whose errors name the file, the key and the fix.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
@@ -19,6 +20,7 @@ use crate::sign::ebay::EbayCredentials;
 use crate::sign::keys::load_private_key;
 use crate::sign::tiktok::TiktokCredentials;
 use crate::sign::Signer;
+use crate::state_dir::exposure_warning;
 use crate::token::{TokenSource, EBAY_PRODUCTION_TOKEN_URL, EBAY_SANDBOX_TOKEN_URL};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -39,6 +41,9 @@ pub const EBAY_DEFAULT_HOSTS: [&str; 4] = [
     "apiz.sandbox.ebay.com",
 ];
 
+/// How errors name a config given as text rather than a file.
+const INLINE_SOURCE: &str = "<inline config>";
+
 /// A config problem: where (file, key) and what to change.
 #[derive(Debug, thiserror::Error)]
 #[error("{}: {}{message}", file.display(), key.as_ref().map(|k| format!("{k}: ")).unwrap_or_default())]
@@ -58,6 +63,10 @@ pub struct Config {
     pub admin: AdminSettings,
     pub log: LogSettings,
     pub profiles: Vec<Arc<Profile>>,
+    /// Problems that do not stop signproxy but should be fixed (a config file with literal
+    /// secrets, or a secret file, that group or others can read). `check` prints them, `run`
+    /// logs them.
+    pub warnings: Vec<String>,
 }
 
 /// The operator's port: health, readiness and metrics. Off unless `listen` is set.
@@ -89,6 +98,9 @@ pub enum LogFormat {
 pub struct MitmSettings {
     pub ca_cert: PathBuf,
     pub ca_key: PathBuf,
+    /// Every profile's host patterns: a CA signproxy creates may only vouch for these (X.509
+    /// name constraints), and an existing CA must cover them.
+    pub permitted_hosts: Vec<HostPattern>,
 }
 
 #[derive(Debug)]
@@ -373,24 +385,83 @@ pub enum SecretRef {
     File(PathBuf),
 }
 
+/// What a secret may look like; every secret type error says it.
+const SECRET_FORMS: &str = r#"a secret: "literal" in quotes, { env = "VAR" } or { file = "PATH" }"#;
+
+/// toml hands a date-time to a visitor as a one-key table under this key.
+const TOML_DATETIME_KEY: &str = "$__toml_private_datetime";
+
+/// A secret of the wrong TOML type. serde's default message quotes the value ("invalid type:
+/// integer `86753091234`"), and a mistyped secret is still a secret: name only its type.
+fn wrong_secret_type<E: de::Error>(found: &str) -> E {
+    E::custom(format!(
+        "expected {SECRET_FORMS}; found {found} (value not shown)"
+    ))
+}
+
+fn wrong_source_type<E: de::Error>(found: &str) -> E {
+    E::custom(format!(
+        "expected {SECRET_FORMS}, the variable name or path in quotes; found {found} (value not shown)"
+    ))
+}
+
+/// Visitor methods for every TOML type but strings and tables, each refusing by type alone.
+macro_rules! refuse_by_type {
+    ($de:lifetime, $value:ty, $wrong:ident) => {
+        fn visit_bool<E: de::Error>(self, _: bool) -> Result<$value, E> {
+            Err($wrong("a boolean"))
+        }
+        fn visit_i64<E: de::Error>(self, _: i64) -> Result<$value, E> {
+            Err($wrong("an integer"))
+        }
+        fn visit_i128<E: de::Error>(self, _: i128) -> Result<$value, E> {
+            Err($wrong("an integer"))
+        }
+        fn visit_u64<E: de::Error>(self, _: u64) -> Result<$value, E> {
+            Err($wrong("an integer"))
+        }
+        fn visit_u128<E: de::Error>(self, _: u128) -> Result<$value, E> {
+            Err($wrong("an integer"))
+        }
+        fn visit_f64<E: de::Error>(self, _: f64) -> Result<$value, E> {
+            Err($wrong("a float"))
+        }
+        fn visit_bytes<E: de::Error>(self, _: &[u8]) -> Result<$value, E> {
+            Err($wrong("bytes"))
+        }
+        fn visit_none<E: de::Error>(self) -> Result<$value, E> {
+            Err($wrong("nothing"))
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<$value, E> {
+            Err($wrong("nothing"))
+        }
+        fn visit_seq<A: de::SeqAccess<$de>>(self, _: A) -> Result<$value, A::Error> {
+            Err($wrong("an array"))
+        }
+    };
+}
+
 impl<'de> Deserialize<'de> for SecretRef {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct SecretRefVisitor;
         impl<'de> Visitor<'de> for SecretRefVisitor {
             type Value = SecretRef;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str(r#"a secret: "literal", { env = "VAR" } or { file = "PATH" }"#)
+                f.write_str(SECRET_FORMS)
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<SecretRef, E> {
                 Ok(SecretRef::Literal(Secret::new(v)))
             }
+            refuse_by_type!('de, SecretRef, wrong_secret_type);
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<SecretRef, A::Error> {
                 let mut found: Option<SecretRef> = None;
                 while let Some(key) = map.next_key::<String>()? {
-                    let value: String = map.next_value()?;
+                    // The key decides how (and whether) the value is read: an unknown key's
+                    // value may be the secret itself, so it is never read.
                     let source = match key.as_str() {
-                        "env" => SecretRef::Env(value),
-                        "file" => SecretRef::File(PathBuf::from(value)),
+                        "env" => SecretRef::Env(map.next_value::<SourceName>()?.0),
+                        "file" => SecretRef::File(PathBuf::from(map.next_value::<SourceName>()?.0)),
+                        TOML_DATETIME_KEY => return Err(wrong_secret_type("a date-time")),
                         other => {
                             return Err(de::Error::custom(format!(
                                 "unknown secret source `{other}`: use {{ env = \"VAR\" }} or {{ file = \"PATH\" }}"
@@ -411,6 +482,37 @@ impl<'de> Deserialize<'de> for SecretRef {
             }
         }
         deserializer.deserialize_any(SecretRefVisitor)
+    }
+}
+
+/// The string inside `{ env = ... }` or `{ file = ... }`. Anything else is refused by type alone,
+/// since a secret pasted in the wrong place must not be echoed.
+struct SourceName(String);
+
+impl<'de> Deserialize<'de> for SourceName {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct SourceNameVisitor;
+        impl<'de> Visitor<'de> for SourceNameVisitor {
+            type Value = SourceName;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str(SECRET_FORMS)
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<SourceName, E> {
+                Ok(SourceName(v.to_owned()))
+            }
+            refuse_by_type!('de, SourceName, wrong_source_type);
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<SourceName, A::Error> {
+                let datetime = map
+                    .next_key::<String>()?
+                    .is_some_and(|k| k == TOML_DATETIME_KEY);
+                Err(wrong_source_type(if datetime {
+                    "a date-time"
+                } else {
+                    "a table"
+                }))
+            }
+        }
+        deserializer.deserialize_any(SourceNameVisitor)
     }
 }
 
@@ -449,7 +551,7 @@ impl Config {
 
     /// Validates TOML text; `base_dir` anchors relative paths (`ca_file`, `{ file = ... }`).
     pub fn from_toml_str(text: &str, base_dir: &Path) -> Result<Config, ConfigError> {
-        Self::parse(text, base_dir, Path::new("<inline config>"))
+        Self::parse(text, base_dir, Path::new(INLINE_SOURCE))
     }
 
     fn parse(text: &str, base_dir: &Path, source: &Path) -> Result<Config, ConfigError> {
@@ -471,6 +573,8 @@ impl Config {
         let ctx = Ctx {
             base_dir,
             err: &err,
+            literal_secrets: RefCell::default(),
+            warnings: RefCell::default(),
         };
 
         let listen = ctx.address(
@@ -528,14 +632,16 @@ impl Config {
                 )
             })?,
         };
-        let mitm = match (&raw.mitm.ca_cert, &raw.mitm.ca_key) {
+        let mut mitm = match (&raw.mitm.ca_cert, &raw.mitm.ca_key) {
             (Some(cert), Some(key)) => MitmSettings {
                 ca_cert: ctx.path(cert),
                 ca_key: ctx.path(key),
+                permitted_hosts: Vec::new(),
             },
             (None, None) => MitmSettings {
                 ca_cert: state_dir.join("ca-cert.pem"),
                 ca_key: state_dir.join("ca-key.pem"),
+                permitted_hosts: Vec::new(),
             },
             _ => {
                 return Err(err(
@@ -552,6 +658,8 @@ impl Config {
         for (name, e) in raw.ebay {
             profiles.push(Arc::new(ctx.ebay(name, e)?));
         }
+        mitm.permitted_hosts = intercepted_hosts(&profiles);
+        let warnings = ctx.take_warnings(source);
 
         let auth = raw.proxy.auth.map(|a| ctx.auth(a, &profiles)).transpose()?;
         ctx.exposure(
@@ -641,6 +749,7 @@ impl Config {
             admin,
             log,
             profiles,
+            warnings,
         })
     }
 }
@@ -669,6 +778,8 @@ pub fn admin_settings(path: &Path) -> Result<AdminSettings, ConfigError> {
             key,
             message,
         },
+        literal_secrets: RefCell::default(),
+        warnings: RefCell::default(),
     };
     ctx.admin(&raw.admin)
 }
@@ -685,12 +796,44 @@ pub fn default_state_dir() -> Option<PathBuf> {
         .or_else(|| var("HOME").map(|h| h.join(".local/state/signproxy")))
 }
 
+/// Every host pattern some profile serves, once each: what interception may need a certificate for.
+fn intercepted_hosts(profiles: &[Arc<Profile>]) -> Vec<HostPattern> {
+    let mut hosts: Vec<HostPattern> = Vec::new();
+    for pattern in profiles.iter().flat_map(|p| &p.hosts) {
+        if !hosts.contains(pattern) {
+            hosts.push(pattern.clone());
+        }
+    }
+    hosts
+}
+
 struct Ctx<'a> {
     base_dir: &'a Path,
     err: &'a dyn Fn(Option<String>, String) -> ConfigError,
+    /// Keys whose secret is written in the config file itself.
+    literal_secrets: RefCell<Vec<String>>,
+    /// Found while reading secrets (a secret file others can read).
+    warnings: RefCell<Vec<String>>,
 }
 
 impl Ctx<'_> {
+    /// The warnings gathered so far, plus one for the config file itself when it holds literal
+    /// secrets that group or others can read.
+    fn take_warnings(&self, source: &Path) -> Vec<String> {
+        let literals = self.literal_secrets.take();
+        let mut warnings = Vec::new();
+        if !literals.is_empty() && source != Path::new(INLINE_SOURCE) {
+            let holds = format!("literal secrets ({})", literals.join(", "));
+            warnings.extend(exposure_warning(source, &holds));
+        }
+        for warning in self.warnings.take() {
+            if !warnings.contains(&warning) {
+                warnings.push(warning);
+            }
+        }
+        warnings
+    }
+
     fn fail(&self, key: &str, message: impl Into<String>) -> ConfigError {
         (self.err)(Some(key.to_owned()), message.into())
     }
@@ -821,7 +964,10 @@ impl Ctx<'_> {
 
     fn secret(&self, key: &str, r: &SecretRef) -> Result<Secret, ConfigError> {
         let value = match r {
-            SecretRef::Literal(s) => s.clone(),
+            SecretRef::Literal(s) => {
+                self.literal_secrets.borrow_mut().push(key.to_owned());
+                s.clone()
+            }
             SecretRef::Env(var) => match std::env::var(var) {
                 Ok(v) => Secret::new(v),
                 Err(_) => {
@@ -836,7 +982,13 @@ impl Ctx<'_> {
                 match std::fs::read_to_string(&full) {
                     // Secret files (Docker secrets, `echo > file`) usually end in a newline that
                     // is not part of the secret.
-                    Ok(v) => Secret::new(v.trim_end_matches(['\r', '\n'])),
+                    Ok(v) => {
+                        let holds = format!("the secret {key}");
+                        self.warnings
+                            .borrow_mut()
+                            .extend(exposure_warning(&full, &holds));
+                        Secret::new(v.trim_end_matches(['\r', '\n']))
+                    }
                     Err(e) => {
                         return Err(self.fail(
                             key,
@@ -1190,6 +1342,159 @@ mod tests {
         let e =
             parse("[upstream]\nconnect_to = { \"api.ebay.com\" = \"127.0.0.1:1\" }\n").unwrap_err();
         assert!(e.to_string().contains("HOST:PORT"), "{e}");
+    }
+
+    /// A secret of every TOML type that is not a string (or a string in a misplaced spot): the
+    /// error names the line and the accepted forms, never the value.
+    #[test]
+    fn a_mistyped_secret_is_refused_by_type_without_its_value() {
+        let cases = [
+            ("86753091234", "an integer"),
+            ("-86753091234", "an integer"),
+            ("0x7fab1e5ec", "an integer"),
+            ("8675309.1234", "a float"),
+            ("true", "a boolean"),
+            ("1979-05-27T07:32:00.8675309Z", "a date-time"),
+            ("1979-05-27", "a date-time"),
+            ("07:32:00.8675309", "a date-time"),
+            ("[\"array-secret-867\"]", "an array"),
+            ("[8675309]", "an array"),
+            ("{ env = 86753091234 }", "an integer"),
+            ("{ file = 8675309.1234 }", "a float"),
+            ("{ env = true }", "a boolean"),
+            ("{ file = 1979-05-27T07:32:00.8675309Z }", "a date-time"),
+            ("{ env = [\"array-secret-867\"] }", "an array"),
+            ("{ file = { inner = \"table-secret-867\" } }", "a table"),
+        ];
+        for (value, found) in cases {
+            let text = format!("[tiktok.d]\napp_key = \"k\"\napp_secret = {value}\n");
+            let e = parse(&text).unwrap_err();
+            let shown = format!("{e} {e:?}");
+            assert!(shown.contains("line 3"), "{value}: {shown}");
+            assert!(
+                shown.contains(
+                    r#"a secret: "literal" in quotes, { env = "VAR" } or { file = "PATH" }"#
+                ),
+                "{value}: {shown}"
+            );
+            assert!(
+                shown.contains(&format!("found {found}")),
+                "{value}: {shown}"
+            );
+            for leak in [
+                "8675309",
+                "array-secret",
+                "table-secret",
+                "1979",
+                "0x7fab1e5ec",
+            ] {
+                assert!(!shown.contains(leak), "{value} leaks {leak:?}: {shown}");
+            }
+        }
+    }
+
+    #[test]
+    fn an_unknown_secret_source_is_named_but_its_value_is_not_read() {
+        for value in ["\"vault-secret-867\"", "86753091234"] {
+            let text = format!("[tiktok.d]\napp_key=\"k\"\napp_secret={{ vault = {value} }}\n");
+            let shown = parse(&text).unwrap_err().to_string();
+            assert!(shown.contains("unknown secret source `vault`"), "{shown}");
+            assert!(
+                !shown.contains("vault-secret") && !shown.contains("8675309"),
+                "{shown}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_secret_key_refuses_by_type() {
+        let key = "\"\"\"\n-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIJ+DYvh6SEqVTm50DFtMDoQikTmiCqirVv9mWG9qfSnF\n-----END PRIVATE KEY-----\n\"\"\"";
+        let cases = [
+            "[tiktok.d]\napp_key=\"k\"\napp_secret=\"s\"\naccess_token = 86753091234\n".to_owned(),
+            "[tiktok.d]\napp_key=\"k\"\napp_secret=\"s\"\nrefresh_token = 86753091234\n".to_owned(),
+            "[ebay.e]\nprivate_key = 86753091234\njwe = \"j\"\n".to_owned(),
+            format!("[ebay.e]\nprivate_key = {key}\njwe = 86753091234\n"),
+            format!("[ebay.e]\nprivate_key = {key}\njwe = \"j\"\nclient_id = \"c\"\nclient_secret = 86753091234\n"),
+        ];
+        for text in cases {
+            let shown = parse(&text).unwrap_err().to_string();
+            assert!(shown.contains("found an integer"), "{shown}");
+            assert!(!shown.contains("8675309"), "{shown}");
+        }
+    }
+
+    #[cfg(unix)]
+    fn write_with_mode(path: &Path, text: &str, mode: u32) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::write(path, text).unwrap();
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_config_file_with_literal_secrets_that_others_can_read_is_warned_about() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("signproxy.toml");
+        let literal = "[tiktok.d]\napp_key = \"k\"\napp_secret = \"literal-secret-867\"\n";
+        write_with_mode(&path, literal, 0o644);
+        let warnings = Config::load(&path).unwrap().warnings;
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].contains(&format!("chmod 600 {}", path.display()))
+                && warnings[0].contains("tiktok.d.app_secret"),
+            "{warnings:?}"
+        );
+        assert!(!warnings[0].contains("literal-secret-867"));
+        write_with_mode(&path, literal, 0o600);
+        assert!(Config::load(&path).unwrap().warnings.is_empty());
+
+        std::env::set_var("SIGNPROXY_TEST_SECRET_PERM", "from-env");
+        let by_env =
+            "[tiktok.d]\napp_key = \"k\"\napp_secret = { env = \"SIGNPROXY_TEST_SECRET_PERM\" }\n";
+        write_with_mode(&path, by_env, 0o644);
+        assert!(
+            Config::load(&path).unwrap().warnings.is_empty(),
+            "no secret in the file, nothing to protect"
+        );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_secret_file_that_others_can_read_is_warned_about() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("app_secret.txt");
+        write_with_mode(&secret, "file-secret-867\n", 0o644);
+        let text = "[tiktok.d]\napp_key = \"k\"\napp_secret = { file = \"app_secret.txt\" }\n";
+        let warnings = Config::from_toml_str(text, dir.path()).unwrap().warnings;
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].contains(&format!("chmod 600 {}", secret.display()))
+                && warnings[0].contains("tiktok.d.app_secret"),
+            "{warnings:?}"
+        );
+        assert!(!warnings[0].contains("file-secret-867"));
+        write_with_mode(&secret, "file-secret-867\n", 0o600);
+        assert!(Config::from_toml_str(text, dir.path())
+            .unwrap()
+            .warnings
+            .is_empty());
+    }
+
+    #[test]
+    fn the_ca_may_vouch_for_every_profile_host_once() {
+        let c = parse(
+            "[tiktok.a]\napp_key=\"k\"\napp_secret=\"s\"\nhosts=[\"x.example.com\", \"*.shop.example\"]\n\
+             [tiktok.b]\napp_key=\"k\"\napp_secret=\"s\"\nhosts=[\"X.example.com\"]\n\
+             [proxy]\npassthrough=[\"*.amazonaws.com\"]\n",
+        )
+        .unwrap();
+        let hosts: Vec<String> = c
+            .mitm
+            .permitted_hosts
+            .iter()
+            .map(|h| h.to_string())
+            .collect();
+        assert_eq!(hosts, ["x.example.com", "*.shop.example"]);
     }
 
     #[test]

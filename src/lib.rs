@@ -10,6 +10,8 @@
 //! - [`config`]: the TOML schema, secret references and validation, producing a typed [`config::Config`].
 //! - [`secret`]: [`secret::Secret`], a credential that never prints itself.
 //! - [`sign`]: pure signers (TikTok Shop HMAC, eBay RFC 9421) and key loading; no sockets, no clock.
+//! - [`state_dir`]: files holding secrets: the state folder created 0700, and warnings (with the
+//!   `chmod` fix) for secret files that group or others can read.
 //! - [`route`]: host (+ `x-signproxy-profile`) → profile, or passthrough, or refusal.
 //! - [`proxy`]: the server: live state and reload, accept loop, limits and shutdown, the canonical log line, absolute-form forwarding, CONNECT, and the
 //!   single place where errors become HTTP responses.
@@ -30,5 +32,6 @@ pub mod request;
 pub mod route;
 pub mod secret;
 pub mod sign;
+pub mod state_dir;
 pub mod token;
 pub mod upstream;

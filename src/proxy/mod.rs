@@ -32,6 +32,7 @@ use crate::ca::{CaError, CertificateAuthority};
 use crate::config::Config;
 use crate::egress::EgressPolicy;
 use crate::metrics::Metrics;
+use crate::token::store::TokenStore;
 use crate::token::{TokenError, TokenManager};
 use crate::upstream::{Upstream, UpstreamError};
 pub use access_log::{finish, RequestLog};
@@ -109,9 +110,20 @@ impl State {
         for warning in warnings {
             tracing::error!("{warning}");
         }
+        let ca = CertificateAuthority::load_or_create(&config.mitm)?;
+        // Logged on every build, so a reload repeats what is still unfixed.
+        let token_file = TokenStore::permission_warning(&config.proxy.state_dir);
+        for warning in config
+            .warnings
+            .iter()
+            .chain(ca.warnings())
+            .chain(&token_file)
+        {
+            tracing::warn!("{warning}");
+        }
         Ok(State {
             upstream,
-            ca: Arc::new(CertificateAuthority::load_or_create(&config.mitm)?),
+            ca: Arc::new(ca),
             tokens,
             config,
             metrics: Arc::clone(metrics),

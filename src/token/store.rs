@@ -9,6 +9,8 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
+use crate::state_dir::{create_private_dir, exposure_warning};
+
 pub const FILE_NAME: &str = "tokens.json";
 const FORMAT_VERSION: u32 = 1;
 
@@ -109,6 +111,11 @@ impl TokenStore {
         &self.path
     }
 
+    /// A warning when the token file in `dir` exists and group or others can read it.
+    pub fn permission_warning(dir: &Path) -> Option<String> {
+        exposure_warning(&Self::path_in(dir), "access and refresh tokens")
+    }
+
     pub fn get(&self, profile: &str) -> Option<StoredProfile> {
         self.lock().get(profile).cloned()
     }
@@ -178,20 +185,6 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     commit(&tmp, path)
 }
 
-fn create_private_dir(dir: &Path) -> std::io::Result<()> {
-    if dir.exists() {
-        return Ok(());
-    }
-    let mut builder = std::fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        builder.mode(0o700);
-    }
-    builder.create(dir)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -224,6 +217,45 @@ mod tests {
         }
         let (again, _) = TokenStore::open(dir.path()).unwrap();
         assert!(again.get("tiktok.default") == Some(entry("rt1")));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_state_folder_it_creates_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = tempfile::tempdir().unwrap();
+        let state = root.path().join("new").join("state");
+        let (store, _) = TokenStore::open(&state).unwrap();
+        store.put("p", entry("rt")).unwrap();
+        for dir in [root.path().join("new"), state] {
+            let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o700, "{}", dir.display());
+        }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_token_file_others_can_read_is_reported() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(
+            TokenStore::permission_warning(dir.path()),
+            None,
+            "no file yet"
+        );
+        let (store, _) = TokenStore::open(dir.path()).unwrap();
+        store.put("p", entry("rt")).unwrap();
+        assert_eq!(
+            TokenStore::permission_warning(dir.path()),
+            None,
+            "written 0600"
+        );
+        std::fs::set_permissions(store.path(), std::fs::Permissions::from_mode(0o644)).unwrap();
+        let warning = TokenStore::permission_warning(dir.path()).expect("0644 is reported");
+        assert!(
+            warning.contains(&format!("chmod 600 {}", store.path().display())),
+            "{warning}"
+        );
     }
 
     #[test]
