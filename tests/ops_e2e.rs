@@ -1792,3 +1792,121 @@ async fn sighup_carries_managed_tokens_over_unless_their_settings_changed() {
         refresh.path_and_query
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// The admin token, and the admin port as a destination
+// ---------------------------------------------------------------------------------------------
+
+const ADMIN_TOKEN: &str = "admin-token-5e1f9c";
+const PROXY_PASSWORD: &str = "proxy-password-7a2d";
+
+fn with_admin_token(config: &str) -> String {
+    let from = "[admin]\nlisten = \"127.0.0.1:0\"\n";
+    assert!(config.contains(from), "{config}");
+    config.replace(from, &format!("{from}token = \"{ADMIN_TOKEN}\"\n"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_token_guards_readyz_and_metrics_and_the_proxy_never_dials_its_admin_port() {
+    let ca = TestCa::new();
+    let upstream = TestUpstream::start(&ca, Verifier::tiktok(TIKTOK_APP_KEY, TIKTOK_APP_SECRET));
+    let auth =
+        format!("[[proxy.auth.clients]]\nusername = \"app\"\npassword = \"{PROXY_PASSWORD}\"\n");
+    let proxy_extra =
+        "passthrough = [\"localhost\"]\nallow_networks = [\"127.0.0.0/8\", \"::1/128\"]";
+    let profiles = format!("{}\n{auth}", tiktok_profile_with(TIKTOK_APP_SECRET));
+    let config = with_admin_token(&template(proxy_extra, "", &profiles));
+    let mut bin = Binary::start(&config, &ca, &connect_to(&upstream, &[])).await;
+
+    let (status, _, _) = bin.admin_get("/healthz").await;
+    assert_eq!(status, 200, "/healthz stays open for health checks");
+    for path in ["/readyz", "/metrics"] {
+        let (status, content_type, body) = bin.admin_get(path).await;
+        assert_eq!(status, 401, "{path}: {body}");
+        assert!(content_type.starts_with("application/json"));
+        assert!(body.contains("admin_auth_required"), "{body}");
+        let wrong = admin_client()
+            .get(format!("http://{}{path}", bin.admin))
+            .bearer_auth("not-the-token")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(wrong.status(), 401);
+        assert_eq!(
+            header(&wrong, "www-authenticate"),
+            "Bearer realm=\"signproxy-admin\""
+        );
+        let right = admin_client()
+            .get(format!("http://{}{path}", bin.admin))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(right.status(), 200, "{path}");
+    }
+    // `signproxy health` reads the token from the config and sends it.
+    bin.pin_admin_port_in_config();
+    let config_path = bin.config_path.to_string_lossy().into_owned();
+    let (code, stdout, stderr) = run_cli(&["health", "--config", &config_path]).await;
+    assert_eq!(code, 0, "{stdout}{stderr}");
+
+    // Opening the admin port to passthrough does not make it a destination: it is the proxy's own.
+    let admin_port = bin.admin.port();
+    let reopened = template(
+        &format!("{proxy_extra}\npassthrough_ports = [{admin_port}]"),
+        "",
+        &profiles,
+    );
+    bin.rewrite_config(&with_admin_token(&reopened));
+    bin.signal("HUP");
+    bin.wait_for_json(1, |v| v["message"] == "config reloaded", "the reload")
+        .await;
+    let credentials = format!("Proxy-Authorization: Basic {}\r\n", {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(format!("app:{PROXY_PASSWORD}"))
+    });
+    for request in [
+        format!("CONNECT localhost:{admin_port} HTTP/1.1\r\nHost: localhost\r\n{credentials}\r\n"),
+        format!("GET http://127.0.0.1:{admin_port}/metrics HTTP/1.1\r\nHost: x\r\n{credentials}connection: close\r\n\r\n"),
+        format!("GET http://localhost:{admin_port}/readyz HTTP/1.1\r\nHost: x\r\n{credentials}connection: close\r\n\r\n"),
+    ] {
+        let raw = raw_exchange(bin.proxy, request.as_bytes(), WAIT).await;
+        let (status, headers, body) = parse_raw_response(&raw);
+        let body = String::from_utf8_lossy(&body);
+        assert_eq!(status, 403, "{body}");
+        assert!(headers.contains(&("x-signproxy-error".into(), "destination_not_allowed".into())));
+        assert!(body.contains("own"), "{body}");
+    }
+    // Without the proxy password, a 407; neither secret is ever printed.
+    let raw = raw_exchange(
+        bin.proxy,
+        format!("GET http://{HOST}/x HTTP/1.1\r\nHost: {HOST}\r\nconnection: close\r\n\r\n")
+            .as_bytes(),
+        WAIT,
+    )
+    .await;
+    assert_eq!(parse_raw_response(&raw).0, 407);
+    let metrics = admin_client()
+        .get(format!("http://{}/metrics", bin.admin))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        metric(
+            &metrics,
+            "signproxy_egress_denied_total{class=\"proxy_itself\"}"
+        ),
+        Some(3.0),
+        "{metrics}"
+    );
+    assert!(upstream.requests().is_empty());
+    let output = bin.all_output();
+    assert!(
+        !output.contains(ADMIN_TOKEN) && !output.contains(PROXY_PASSWORD),
+        "{output}"
+    );
+}
