@@ -140,10 +140,31 @@ impl Binary {
         connect_to: &str,
         env: &[(&str, &str)],
     ) -> Binary {
+        Self::start_with_limit(template, ca, connect_to, env, None).await
+    }
+
+    /// Like `start_with_env`, with the process's open-file limit set to `nofile` when given
+    /// (through the shell's `ulimit`, as an operator's unit file would).
+    async fn start_with_limit(
+        template: &str,
+        ca: &TestCa,
+        connect_to: &str,
+        env: &[(&str, &str)],
+        nofile: Option<u32>,
+    ) -> Binary {
         let dir = tempfile::tempdir().expect("tempdir");
         let ca_path = ca.write_ca_pem(dir.path());
         let config_path = dir.path().join("signproxy.toml");
-        let mut cmd = Command::new(BIN);
+        let mut cmd = match nofile {
+            Some(n) => {
+                let mut sh = Command::new("sh");
+                sh.arg("-c")
+                    .arg(format!("ulimit -n {n} && exec \"$0\" \"$@\""))
+                    .arg(BIN);
+                sh
+            }
+            None => Command::new(BIN),
+        };
         cmd.arg("run")
             .arg("--config")
             .arg(&config_path)
@@ -1909,4 +1930,46 @@ async fn the_admin_token_guards_readyz_and_metrics_and_the_proxy_never_dials_its
         !output.contains(ADMIN_TOKEN) && !output.contains(PROXY_PASSWORD),
         "{output}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_file_handles_the_accept_loop_backs_off_logs_sparingly_and_recovers() {
+    let ca = TestCa::new();
+    let upstream = TestUpstream::start(&ca, Verifier::tiktok(TIKTOK_APP_KEY, TIKTOK_APP_SECRET));
+    let config = template("", "", &tiktok_profile_with(TIKTOK_APP_SECRET));
+    let bin =
+        Binary::start_with_limit(&config, &ca, &connect_to(&upstream, &[]), &[], Some(64)).await;
+    // Far more connections than the process has handles: the kernel still completes them, and
+    // accept() fails with EMFILE while they are held.
+    let mut held = Vec::new();
+    for _ in 0..120 {
+        if let Ok(stream) = TcpStream::connect(bin.proxy).await {
+            held.push(stream);
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let warnings = bin
+        .json_lines()
+        .into_iter()
+        .filter(|v| {
+            v["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("accept failed"))
+                || v["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("accept failed"))
+        })
+        .count();
+    assert!(
+        warnings >= 1,
+        "the condition is reported: {}",
+        bin.all_output()
+    );
+    assert!(
+        warnings <= 4,
+        "at most about one line a second, not one per attempt: {warnings}"
+    );
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_still_serves(&bin, &upstream).await;
 }
