@@ -152,6 +152,7 @@ async fn serve(path: PathBuf, config: Arc<Config>) -> Result<(), String> {
         ca_cert = %config.mitm.ca_cert.display(),
         "signproxy listening"
     );
+    tracing::info!("{}", access_line(&config));
     for line in route_lines(&config) {
         tracing::info!("route {line}");
     }
@@ -272,11 +273,43 @@ fn route_lines(config: &Config) -> Vec<String> {
             p.qualified_name()
         ));
     }
-    for pattern in &config.proxy.passthrough {
-        lines.push(format!("{pattern} -> passthrough (unsigned)"));
+    let proxy = &config.proxy;
+    let ports: Vec<String> = proxy.passthrough_ports.iter().map(u16::to_string).collect();
+    for pattern in &proxy.passthrough {
+        lines.push(format!(
+            "{pattern} -> passthrough (unsigned; CONNECT ports {}; guarded)",
+            ports.join(", ")
+        ));
+    }
+    for network in &proxy.allow_networks {
+        lines.push(format!(
+            "{network} -> reachable by passthrough (allow_networks)"
+        ));
     }
     lines.push("anything else -> refused (403 host_not_allowed)".to_owned());
     lines
+}
+
+/// Who may use the proxy, as `check` and the start-up log say it.
+fn access_line(config: &Config) -> String {
+    match &config.proxy.auth {
+        Some(auth) => {
+            let clients: Vec<String> = auth
+                .clients
+                .iter()
+                .map(|c| match &c.profiles {
+                    Some(p) => format!("{} ({})", c.username, p.join(", ")),
+                    None => format!("{} (all profiles)", c.username),
+                })
+                .collect();
+            format!("proxy clients: {}", clients.join("; "))
+        }
+        None if config.proxy.listen.ip().is_loopback() => {
+            "proxy clients: anyone on this machine (loopback listen, no [proxy.auth])".to_owned()
+        }
+        None => "proxy clients: ANYONE who can reach the listen address (allow_unauthenticated)"
+            .to_owned(),
+    }
 }
 
 fn ca(action: CaAction) -> Result<(), String> {
@@ -343,6 +376,7 @@ fn check(flag: Option<PathBuf>) -> Result<(), String> {
     if let Some(admin) = config.admin.listen {
         let _ = writeln!(out, "admin {admin} (/healthz /readyz /metrics)");
     }
+    let _ = writeln!(out, "{}", access_line(&config));
     for line in route_lines(&config) {
         let _ = writeln!(out, "route {line}");
     }

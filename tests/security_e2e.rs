@@ -735,3 +735,49 @@ async fn a_passthrough_tunnel_holds_its_connection_slot() {
     }
     assert!(freed, "closing the tunnels frees their slots");
 }
+
+// ---------------------------------------------------------------------------------------------
+// README's Security examples
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn readme_security_block_is_valid_config() {
+    let blocks = common::readme::fenced_blocks(&common::readme::readme(), "toml");
+    let block = blocks
+        .iter()
+        .find(|b| b.contains("allow_networks = [\"10.20.0.0/16\"]"))
+        .expect("the Security section's toml block");
+    let config = signproxy::config::Config::from_toml_str(block, std::path::Path::new("."))
+        .unwrap_or_else(|e| panic!("{e}\n{block}"));
+    assert_eq!(config.proxy.passthrough_ports, vec![443, 8443]);
+    assert_eq!(config.proxy.allow_networks[0].to_string(), "10.20.0.0/16");
+}
+
+#[tokio::test]
+async fn readme_proxy_authentication_example_works() {
+    if !require_curl("readme_proxy_authentication_example_works") {
+        return;
+    }
+    let password = "readme-proxy-pw";
+    let auth = format!("[[proxy.auth.clients]]\nusername = \"app\"\npassword = \"{password}\"\n");
+    let (_ca, upstream, proxy) = setup_with("", &format!("{}\n{auth}", tiktok_profile())).await;
+    let blocks = common::readme::fenced_blocks(&common::readme::readme(), "sh");
+    let block = blocks
+        .iter()
+        .find(|b| b.contains("SIGNPROXY_PROXY_PASSWORD@signproxy:8080"))
+        .expect("the proxy authentication example");
+    let proxy_url = format!("http://app:{password}@{}", proxy.addr);
+    let line = block
+        .lines()
+        .find(|l| l.starts_with("curl "))
+        .expect("a curl line")
+        .replace("\"$HTTP_PROXY\"", &proxy_url);
+    let words: Vec<&str> = line.split_whitespace().skip(1).collect();
+    let out = curl(&words).await;
+    assert_eq!(out.status, 200, "{}", out.stderr);
+    assert!(upstream.last_request().signature.ok);
+    // The same command without the credentials is refused.
+    let bare = line.replace(&format!("app:{password}@"), "");
+    let words: Vec<&str> = bare.split_whitespace().skip(1).collect();
+    assert_eq!(curl(&words).await.status, 407);
+}
