@@ -310,25 +310,45 @@ async fn passthrough_to_loopback_by_name_literal_or_connect_to_is_refused_before
     let target = listener().await;
     let port = target.addr.port();
     let proxy_extra =
-        format!("passthrough = [\"localhost\", \"internal.test\"]\npassthrough_ports = [{port}]");
-    let upstream_extra = format!(
-        "[upstream.connect_to]\n\"internal.test:{port}\" = \"{}\"\n",
-        target.addr
-    );
+        format!("passthrough = [\"localhost\", \"*.test\"]\npassthrough_ports = [{port}]");
+    // Names that resolve (through connect_to, as a hostile DNS answer would) to every form of
+    // "this machine".
+    let aliases = [
+        ("internal.test", target.addr.to_string()),
+        ("two.test", format!("127.0.0.2:{port}")),
+        ("six.test", format!("[::1]:{port}")),
+        ("zero.test", format!("0.0.0.0:{port}")),
+        ("mapped.test", format!("[::ffff:127.0.0.1]:{port}")),
+    ];
+    let upstream_extra = aliases
+        .iter()
+        .map(|(name, to)| format!("\"{name}:{port}\" = \"{to}\"\n"))
+        .fold("[upstream.connect_to]\n".to_owned(), |acc, line| {
+            acc + &line
+        });
     let ca = TestCa::new();
     let config = test_config(&proxy_extra, "", &tiktok_profile())
         .replace("connect_to = @CONNECT_TO@\n", "")
         + &upstream_extra;
     let proxy = ProxyHarness::start(&config, &ca, None).await;
 
-    for host in ["localhost", "internal.test"] {
+    let names = [
+        "localhost",
+        "internal.test",
+        "two.test",
+        "six.test",
+        "zero.test",
+        "mapped.test",
+    ];
+    for host in names {
         for request in [
             format!("GET http://{host}:{port}/admin HTTP/1.1\r\nHost: {host}:{port}\r\nconnection: close\r\n\r\n"),
             format!("CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n"),
         ] {
             let answer = exchange(proxy.addr, &request).await;
             let message = assert_refused(&answer, 403, "destination_not_allowed");
-            assert!(message.contains("loopback"), "{message}");
+            let class = if host == "zero.test" { "unspecified" } else { "loopback" };
+            assert!(message.contains(class), "{host}: {message}");
             assert!(message.contains("allow_networks"), "{message}");
         }
     }
@@ -363,8 +383,8 @@ async fn passthrough_to_loopback_by_name_literal_or_connect_to_is_refused_before
     .await;
     assert!(assert_refused(&link_local, 403, "destination_not_allowed").contains("link-local"));
     assert_eq!(target.accepted(), 0, "nothing was dialled");
-    assert!(refusals(&proxy, "destination_not_allowed") >= 17.0);
-    assert!(proxy.metric("signproxy_egress_denied_total{class=\"loopback\"}") >= 4.0);
+    assert!(refusals(&proxy, "destination_not_allowed") >= 25.0);
+    assert!(proxy.metric("signproxy_egress_denied_total{class=\"loopback\"}") >= 10.0);
 }
 
 #[tokio::test]
