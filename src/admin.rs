@@ -4,7 +4,8 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
@@ -16,11 +17,14 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::proxy::Proxy;
 use crate::request::unix_now;
 
+/// Admin connections served at once; more are closed on accept.
+const MAX_ADMIN_CONNECTIONS: usize = 64;
 /// `/readyz` waits at most this long for missing tokens before it answers.
 const READY_TOKEN_WAIT: Duration = Duration::from_secs(5);
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -28,13 +32,21 @@ const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=
 /// Serves the admin endpoints until `shutdown` resolves.
 pub async fn serve(listener: TcpListener, proxy: Proxy, shutdown: impl Future<Output = ()>) {
     let mut connections = JoinSet::new();
+    // /healthz needs no token: without a cap, anyone who reaches the port could hold every file
+    // handle the proxy port needs.
+    let slots = Arc::new(Semaphore::new(MAX_ADMIN_CONNECTIONS));
+    let mut last_warning: Option<Instant> = None;
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
+                    let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+                        continue;
+                    };
                     let proxy = proxy.clone();
                     connections.spawn(async move {
+                        let _slot = slot;
                         let service = service_fn(move |req| answer(proxy.clone(), req));
                         let _ = hyper::server::conn::http1::Builder::new()
                             .timer(TokioTimer::new())
@@ -44,8 +56,12 @@ pub async fn serve(listener: TcpListener, proxy: Proxy, shutdown: impl Future<Ou
                     });
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "admin accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    let now = Instant::now();
+                    if last_warning.map_or(true, |at| now.duration_since(at) >= Duration::from_secs(1)) {
+                        last_warning = Some(now);
+                        tracing::warn!(error = %e, "admin accept failed; backing off");
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             },
             Some(_) = connections.join_next(), if !connections.is_empty() => {}

@@ -430,6 +430,7 @@ fn sign(args: SignArgs) -> Result<(), String> {
         host: &host,
         port: named_port(https, uri.port_u16()),
         tunnel: false,
+        https,
     };
     let port = signed_port(https, uri.port_u16());
     let requested = args.profile.as_deref();

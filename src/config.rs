@@ -143,7 +143,8 @@ pub struct ProxyAuth {
 pub struct ProxyClient {
     pub username: String,
     pub password: Secret,
-    /// Qualified profile names (`tiktok.eu`) this client may use; `None` means all.
+    /// Qualified profile names (`tiktok.eu`) this client may use; `None` (the key left out) means
+    /// all, an empty list none (a client for passthrough only).
     pub profiles: Option<Vec<String>>,
 }
 
@@ -914,8 +915,7 @@ impl Ctx<'_> {
                         })
                         .collect::<Result<Vec<_>, _>>()
                 })
-                .transpose()?
-                .filter(|names| !names.is_empty());
+                .transpose()?;
             clients.push(Arc::new(ProxyClient {
                 username: c.username,
                 password,

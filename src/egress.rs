@@ -246,6 +246,26 @@ fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
     None
 }
 
+/// The IPv4 address an IPv6 translation form delivers to: IPv4-mapped or -compatible, NAT64
+/// (64:ff9b::/96, the last 32 bits) and 6to4 (2002:AABB:CCDD::/48).
+fn carried_v4(ip: IpAddr) -> Option<Ipv4Addr> {
+    let IpAddr::V6(v6) = ip else {
+        return None;
+    };
+    if let Some(v4) = embedded_v4(v6) {
+        return Some(v4);
+    }
+    let bits = u128::from(v6);
+    // Lossless casts: each takes exactly the 32 bits it names.
+    if bits >> 32 == 0x0064_ff9b_0000_0000_0000_0000 {
+        return Some(Ipv4Addr::from(bits as u32));
+    }
+    if bits >> 112 == 0x2002 {
+        return Some(Ipv4Addr::from((bits >> 80) as u32));
+    }
+    None
+}
+
 /// The form two spellings of one destination share: a v4-mapped IPv6 address is the IPv4 it
 /// maps, because a dual-stack socket connects there.
 fn canonical(ip: IpAddr) -> IpAddr {
@@ -302,10 +322,21 @@ impl EgressPolicy {
             .allow_networks
             .iter()
             .any(|net| net.contains(&addr.ip()) || net.contains(&ip));
-        if opened {
-            Ok(())
-        } else {
-            Err(denied(class))
+        if !opened {
+            return Err(denied(class));
+        }
+        // Opening an IPv6 range (`::/0`, or NAT64's 64:ff9b::/96 for a DNS64 cluster) must not
+        // open the IPv4 address a translation form carries: that needs its own IPv4 entry.
+        match carried_v4(addr.ip()).map(|v4| (v4, classify(IpAddr::V4(v4)))) {
+            Some((v4, Some(inner)))
+                if !self
+                    .allow_networks
+                    .iter()
+                    .any(|net| net.contains(&IpAddr::V4(v4))) =>
+            {
+                Err(denied(inner))
+            }
+            _ => Ok(()),
         }
     }
 
@@ -511,6 +542,51 @@ pub fn find_denied<'a>(e: &'a (dyn StdError + 'static)) -> Option<&'a EgressDeni
         current = err.source();
     }
     None
+}
+
+#[cfg(test)]
+mod carried_tests {
+    use super::*;
+
+    fn policy(nets: &[&str]) -> EgressPolicy {
+        EgressPolicy {
+            allow_networks: nets.iter().map(|n| n.parse().unwrap()).collect(),
+            own_addresses: Vec::new(),
+        }
+    }
+
+    fn at(ip: &str) -> SocketAddr {
+        SocketAddr::new(ip.parse().unwrap(), 443)
+    }
+
+    #[test]
+    fn opening_an_ipv6_range_does_not_open_the_ipv4_it_carries() {
+        let everything6 = policy(&["::/0"]);
+        for carried in [
+            "::ffff:127.0.0.1",
+            "64:ff9b::a9fe:a9fe",
+            "2002:7f00:1::1",
+            "::10.0.0.1",
+        ] {
+            let e = everything6.check(at(carried)).unwrap_err();
+            assert_ne!(e.class, AddrClass::Nat64, "{carried}: judged by its IPv4");
+        }
+        // A DNS64 cluster opens NAT64 and reaches public IPv4 through it, not metadata.
+        let dns64 = policy(&["64:ff9b::/96"]);
+        assert!(dns64.check(at("64:ff9b::808:808")).is_ok());
+        assert_eq!(
+            dns64.check(at("64:ff9b::a9fe:a9fe")).unwrap_err().class,
+            AddrClass::LinkLocal
+        );
+        // ... unless that IPv4 network is opened too.
+        assert!(policy(&["64:ff9b::/96", "169.254.0.0/16"])
+            .check(at("64:ff9b::a9fe:a9fe"))
+            .is_ok());
+        assert_eq!(
+            carried_v4("2002:c0a8:0101::1".parse().unwrap()),
+            Some("192.168.1.1".parse().unwrap())
+        );
+    }
 }
 
 #[cfg(test)]

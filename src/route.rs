@@ -10,10 +10,6 @@ use crate::egress::{classify, AddrClass};
 /// The request header a client may use to pick a profile; removed before forwarding.
 pub const PROFILE_HEADER: &str = "x-signproxy-profile";
 
-/// Ports a marketplace is reached on without a `connect_to` entry: https, and plain http (which
-/// signproxy upgrades to https on 443).
-const MARKETPLACE_PORTS: [u16; 2] = [443, 80];
-
 /// Ports an absolute-form (HTTP_PROXY) passthrough request may use besides `passthrough_ports`.
 const WEB_PORTS: [u16; 2] = [80, 443];
 
@@ -35,22 +31,28 @@ pub struct Destination<'a> {
     pub port: u16,
     /// CONNECT (a tunnel) rather than an absolute-form request.
     pub tunnel: bool,
+    /// TLS to the client (an `https://` URL, or TLS inside a tunnel). For a CONNECT itself this
+    /// is not known yet: pass `false`, and each request inside is routed again with its own.
+    pub https: bool,
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum RouteError {
     #[error("no profile serves host `{host}` and it is not in [proxy] passthrough: add it to a profile's `hosts`, or to `passthrough` to forward it unsigned")]
     HostNotAllowed { host: String },
-    #[error("host `{host}` is signed only on port 443{extra}; port {port} is refused: drop the port from the URL, or add `\"{host}:{port}\"` to [upstream] connect_to")]
+    #[error("`{host}` is not a host name (an empty label): check the URL")]
+    MalformedHost { host: String },
+    #[error("host `{host}` is signed only on port 443 (80 for plain http, upgraded){extra}; port {port} is refused: drop the port from the URL, or add `\"{host}:{port}\"` to [upstream] connect_to")]
     MarketplacePort {
         host: String,
         port: u16,
         extra: String,
     },
-    #[error("`{address}` is {class}, and no network in [proxy] allow_networks holds it: signproxy forwards to addresses only in networks listed there")]
+    #[error("`{address}` is {}, and no network in [proxy] allow_networks holds it: signproxy forwards to addresses only in networks listed there", class.map_or("an address", AddrClass::describe))]
     AddressNotAllowed {
         address: String,
-        class: &'static str,
+        /// None for a public address (refused all the same: no pattern names it).
+        class: Option<AddrClass>,
     },
     #[error("port {port} of passthrough host `{host}` is not open: {allowed} (set [proxy] passthrough_ports to open more)")]
     PassthroughPort {
@@ -74,13 +76,13 @@ pub enum RouteError {
     },
 }
 
-/// A host as routing, signing and dialling use it: lower-case, without the trailing dot of a
+/// A host as routing, signing and dialling use it: lower-case, without the trailing dots of a
 /// fully-qualified name (`api.ebay.com.` is `api.ebay.com`, and takes its route and `connect_to`).
 pub fn normalize_host(host: &str) -> String {
     let host = host.to_ascii_lowercase();
-    match host.strip_suffix('.') {
-        Some(bare) if !bare.is_empty() => bare.to_owned(),
-        _ => host,
+    match host.trim_end_matches('.') {
+        "" => host,
+        bare => bare.to_owned(),
     }
 }
 
@@ -109,6 +111,11 @@ pub fn route(
     client: Option<&ProxyClient>,
 ) -> Result<Route, RouteError> {
     let host = dest.host;
+    if host.is_empty() || host.starts_with('.') || host.contains("..") {
+        return Err(RouteError::MalformedHost {
+            host: host.to_owned(),
+        });
+    }
     let serving: Vec<&Arc<Profile>> = config.profiles.iter().filter(|p| p.serves(host)).collect();
     if serving.is_empty() {
         return passthrough(config, dest);
@@ -179,7 +186,9 @@ fn check_marketplace_port(config: &Config, dest: Destination<'_>) -> Result<(), 
         .filter(|(h, _)| *h == dest.host)
         .filter_map(|(_, p)| p.parse().ok())
         .collect();
-    if MARKETPLACE_PORTS.contains(&dest.port) || connect_to_ports.contains(&dest.port) {
+    // Port 80 only as plain http, which is upgraded: TLS to port 80 would reach another service.
+    let default_port = dest.port == 443 || (dest.port == 80 && !dest.https);
+    if default_port || connect_to_ports.contains(&dest.port) {
         return Ok(());
     }
     let extra = if connect_to_ports.is_empty() {
@@ -207,12 +216,9 @@ fn passthrough(config: &Config, dest: Destination<'_>) -> Result<Route, RouteErr
             .ok();
         let opened = ip.is_some_and(|ip| proxy.allow_networks.iter().any(|n| n.contains(&ip)));
         if !opened {
-            let class = ip
-                .and_then(classify)
-                .map_or("an address", AddrClass::describe);
             return Err(RouteError::AddressNotAllowed {
                 address: dest.host.to_owned(),
-                class,
+                class: ip.and_then(classify),
             });
         }
     } else if !proxy.passthrough.iter().any(|p| p.matches(dest.host)) {
@@ -263,6 +269,7 @@ mod tests {
             host,
             port: 443,
             tunnel: false,
+            https: true,
         }
     }
 
@@ -324,6 +331,139 @@ mod tests {
             name(route(&c, dest("open-api.tiktokglobalshop.com"), None, None)),
             "tiktok.shop1"
         );
+    }
+
+    fn client(name: &str, profiles: Option<&[&str]>) -> ProxyClient {
+        ProxyClient {
+            username: name.into(),
+            password: crate::secret::Secret::new("pw"),
+            profiles: profiles.map(|p| p.iter().map(|s| s.to_string()).collect()),
+        }
+    }
+
+    #[test]
+    fn a_client_sees_only_its_profiles_and_its_name_picks_one() {
+        let c = config(TWO);
+        let host = "open-api.tiktokglobalshop.com";
+        let us_only = client("app", Some(&["tiktok.us"]));
+        assert_eq!(
+            name(route(&c, dest(host), None, Some(&us_only))),
+            "tiktok.us"
+        );
+        assert!(matches!(
+            route(&c, dest(host), Some("default"), Some(&us_only)),
+            Err(RouteError::UnknownProfile { .. })
+        ));
+        let none = client("app", Some(&[]));
+        assert!(matches!(
+            route(&c, dest(host), None, Some(&none)),
+            Err(RouteError::ProfileNotAllowed { .. })
+        ));
+        // ... though passthrough stays open to it.
+        assert_eq!(
+            name(route(&c, dest("s3.amazonaws.com"), None, Some(&none))),
+            "passthrough"
+        );
+        let named = client("us", None);
+        assert_eq!(name(route(&c, dest(host), None, Some(&named))), "tiktok.us");
+        assert_eq!(
+            name(route(&c, dest(host), Some("default"), Some(&named))),
+            "tiktok.default",
+            "the header still wins over the username"
+        );
+        let anyone = client("app", None);
+        assert_eq!(
+            name(route(&c, dest(host), None, Some(&anyone))),
+            "tiktok.default"
+        );
+    }
+
+    #[test]
+    fn marketplace_hosts_only_on_their_ports() {
+        let c = config(&format!(
+            "{TWO}\n[upstream]\nconnect_to = {{ \"open-api.tiktokglobalshop.com:9443\" = \"127.0.0.1:1\" }}\n"
+        ));
+        let at = |port, https| Destination {
+            host: "open-api.tiktokglobalshop.com",
+            port,
+            tunnel: false,
+            https,
+        };
+        assert!(route(&c, at(443, true), None, None).is_ok());
+        assert!(
+            route(&c, at(80, false), None, None).is_ok(),
+            "plain http is upgraded"
+        );
+        assert!(
+            route(&c, at(9443, true), None, None).is_ok(),
+            "a connect_to port"
+        );
+        for (port, https) in [(80, true), (8443, true), (22, false), (19443, true)] {
+            let e = route(&c, at(port, https), None, None).unwrap_err();
+            assert!(
+                matches!(e, RouteError::MarketplacePort { .. }),
+                "{port}: {e}"
+            );
+        }
+        let tunnel = Destination {
+            tunnel: true,
+            https: false,
+            ..at(22, false)
+        };
+        assert!(route(&c, tunnel, None, None).is_err());
+    }
+
+    #[test]
+    fn passthrough_ports_and_addresses() {
+        let c = config(&format!(
+            "{}\nallow_networks = [\"10.1.0.0/16\"]\npassthrough_ports = [8443]\n{}",
+            "[proxy]\npassthrough = [\"*.amazonaws.com\"]",
+            &TWO[TWO.find("[tiktok.default]").unwrap()..]
+        ));
+        let at = |host, port, tunnel| Destination {
+            host,
+            port,
+            tunnel,
+            https: true,
+        };
+        let ok = |d| matches!(route(&c, d, None, None), Ok(Route::Passthrough));
+        assert!(ok(at("s3.amazonaws.com", 8443, true)));
+        assert!(
+            !ok(at("s3.amazonaws.com", 443, true)),
+            "CONNECT: only passthrough_ports"
+        );
+        assert!(
+            ok(at("s3.amazonaws.com", 443, false)),
+            "absolute-form: 80 and 443 too"
+        );
+        assert!(ok(at("s3.amazonaws.com", 80, false)));
+        assert!(!ok(at("s3.amazonaws.com", 22, false)));
+        assert!(
+            ok(at("10.1.2.3", 8443, true)),
+            "an address inside allow_networks"
+        );
+        let e = route(&c, at("10.2.0.1", 8443, true), None, None).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                RouteError::AddressNotAllowed {
+                    class: Some(AddrClass::Private),
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let e = route(&c, at("8.8.8.8", 443, false), None, None).unwrap_err();
+        assert!(
+            matches!(e, RouteError::AddressNotAllowed { class: None, .. }),
+            "{e}"
+        );
+        for bad in ["a..amazonaws.com", ".x.amazonaws.com", ""] {
+            let e = route(&c, at(bad, 443, false), None, None).unwrap_err();
+            assert!(matches!(e, RouteError::MalformedHost { .. }), "{bad}: {e}");
+        }
+        assert_eq!(normalize_host("API.eBay.com.."), "api.ebay.com");
+        assert_eq!(normalize_host("."), ".");
     }
 
     #[test]

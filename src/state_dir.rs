@@ -17,19 +17,25 @@ pub fn create_private_dir(path: &Path) -> io::Result<()> {
     builder.create(path)
 }
 
-/// A warning when `path` exists and group or others may read it; `holds` says what is at stake
+/// A warning when `path` exists and group or others may read or write it (a writable key or
+/// config can be swapped for one an attacker chose); `holds` says what is at stake
 /// (e.g. "the CA private key"). `None` when the file is private, absent, or unreadable to `stat`.
 pub fn exposure_warning(path: &Path, holds: &str) -> Option<String> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
-        if mode & 0o044 == 0 {
+        if mode & 0o066 == 0 {
             return None;
         }
+        let access = if mode & 0o022 != 0 {
+            "readable or writable"
+        } else {
+            "readable"
+        };
         let shown = shell_quote(&path.display().to_string());
         Some(format!(
-            "{} holds {holds} and is readable by group or others (mode {mode:04o}): chmod 600 {shown}",
+            "{} holds {holds} and is {access} by group or others (mode {mode:04o}): chmod 600 {shown}",
             path.display()
         ))
     }

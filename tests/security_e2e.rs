@@ -108,6 +108,26 @@ impl Listener {
     }
 }
 
+/// Reads one response head (up to the blank line), byte by byte so nothing after it is taken.
+async fn read_head(stream: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(WAIT, stream.read(&mut byte))
+            .await
+            .expect("an answer in time")
+            .expect("read");
+        assert_eq!(
+            n,
+            1,
+            "closed before a full head: {}",
+            String::from_utf8_lossy(&head)
+        );
+        head.push(byte[0]);
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
 fn basic(user: &str, password: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
 }
@@ -800,4 +820,125 @@ async fn readme_proxy_authentication_example_works() {
     let bare = line.replace(&format!("app:{password}@"), "");
     let words: Vec<&str> = bare.split_whitespace().skip(1).collect();
     assert_eq!(curl(&words).await.status, 407);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Review follow-ups: host spellings, TLS on port 80, restricted clients in tunnels, reloads
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn every_trailing_dot_is_dropped_and_empty_labels_are_refused() {
+    let (_ca, upstream, proxy) = setup_with("", &tiktok_profile()).await;
+    let answer = exchange(
+        proxy.addr,
+        &format!(
+            "GET http://{HOST}../api/dots HTTP/1.1\r\nHost: {HOST}..\r\nconnection: close\r\n\r\n"
+        ),
+    )
+    .await;
+    assert_eq!(answer.0, 200, "{}", String::from_utf8_lossy(&answer.2));
+    let r = upstream.last_request();
+    assert_eq!(
+        r.header_str("host"),
+        Some(HOST),
+        "through connect_to, as {HOST}"
+    );
+    assert!(r.signature.ok);
+    upstream.clear_requests();
+    let answer = exchange(
+        proxy.addr,
+        "GET http://open-api..tiktokglobalshop.com/api HTTP/1.1\r\nHost: x\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert_refused(&answer, 400, "bad_request");
+    // TLS to port 80 is not the upgrade of plain http: refused.
+    let answer = exchange(
+        proxy.addr,
+        &format!(
+            "GET https://{HOST}:80/api HTTP/1.1\r\nHost: {HOST}:80\r\nconnection: close\r\n\r\n"
+        ),
+    )
+    .await;
+    assert_refused(&answer, 403, "host_not_allowed");
+    assert!(upstream.requests().is_empty());
+}
+
+#[tokio::test]
+async fn a_restricted_client_cannot_choose_another_profile_on_connect_or_keep_rights_after_a_reload(
+) {
+    let (ca, upstream, proxy) = setup_auth().await;
+    let credentials = format!("Proxy-Authorization: Basic {}\r\n", basic("eu", "eu-pw-2"));
+    let answer = exchange(
+        proxy.addr,
+        &format!("CONNECT {HOST}:443 HTTP/1.1\r\nHost: {HOST}:443\r\n{credentials}x-signproxy-profile: default\r\n\r\n"),
+    )
+    .await;
+    assert_refused(&answer, 400, "unknown_profile");
+
+    // A tunnel opened by `eu`, then the config narrows `eu` to no profile: the next request inside
+    // the same tunnel is refused.
+    let mut tunnel = TcpStream::connect(proxy.addr).await.unwrap();
+    tunnel
+        .write_all(format!("CONNECT {HOST}:443 HTTP/1.1\r\nHost: {HOST}:443\r\n{credentials}\r\nGET /api/one HTTP/1.1\r\nHost: {HOST}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    assert!(read_head(&mut tunnel).await.starts_with("HTTP/1.1 200"));
+    let answer = read_head(&mut tunnel).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let length: usize = answer
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("content-length");
+    let mut body = vec![0u8; length];
+    tokio::time::timeout(WAIT, tunnel.read_exact(&mut body))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(upstream.last_request().path(), "/api/one");
+    let narrowed = AUTH.replace("profiles = [\"tiktok.eu\"]", "profiles = []");
+    let config = test_config("", "", &format!("{}\n{narrowed}", two_shops()));
+    proxy.reload(&config);
+    tunnel
+        .write_all(
+            format!("GET /api/two HTTP/1.1\r\nHost: {HOST}\r\nconnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(WAIT, tunnel.read_to_end(&mut rest))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_refused(&parse_raw_response(&rest), 403, "profile_not_allowed");
+    assert_eq!(upstream.requests().len(), 1, "/api/two never went upstream");
+
+    // A client whose password changed is refused inside a tunnel opened with the old one.
+    let mut tunnel = TcpStream::connect(proxy.addr).await.unwrap();
+    let app = format!(
+        "Proxy-Authorization: Basic {}\r\n",
+        basic("app", "app-pw-1")
+    );
+    tunnel
+        .write_all(
+            format!("CONNECT {HOST}:443 HTTP/1.1\r\nHost: {HOST}:443\r\n{app}\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+    assert!(read_head(&mut tunnel).await.starts_with("HTTP/1.1 200"));
+    let rotated = narrowed.replace("app-pw-1", "app-pw-rotated");
+    proxy.reload(&test_config("", "", &format!("{}\n{rotated}", two_shops())));
+    tunnel
+        .write_all(format!("GET /api/three HTTP/1.1\r\nHost: {HOST}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(WAIT, tunnel.read_to_end(&mut rest))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_refused(&parse_raw_response(&rest), 407, "proxy_auth_required");
+    assert_eq!(upstream.requests().len(), 1);
+    let _ = ca;
 }

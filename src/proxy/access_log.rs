@@ -14,7 +14,9 @@ use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, SizeHint};
 
 use super::{ProxyBody, ProxyError};
+use crate::egress::AddrClass;
 use crate::metrics::Metrics;
+use crate::route::RouteError;
 
 /// The response header that carries the request id back to the client.
 pub const REQUEST_ID_HEADER: &str = "x-signproxy-request-id";
@@ -87,9 +89,17 @@ pub fn finish(
                 metrics.body_limit_rejection();
             }
             metrics.refusal(e.code());
-            if let ProxyError::DestinationNotAllowed(denied) = &e {
-                metrics.egress_denied(denied.class.label());
-                tracing::warn!(request_id = %log.id, host = %log.host, address = %denied.addr, class = denied.class.label(), "destination refused by the egress guard");
+            let egress_class = match &e {
+                ProxyError::DestinationNotAllowed(denied) => Some(denied.class.label()),
+                ProxyError::Route(RouteError::AddressNotAllowed { class, .. }) => {
+                    Some(class.map_or("public_address", AddrClass::label))
+                }
+                ProxyError::Route(RouteError::PassthroughPort { .. }) => Some("port"),
+                _ => None,
+            };
+            if let Some(class) = egress_class {
+                metrics.egress_denied(class);
+                tracing::warn!(request_id = %log.id, host = %log.host, class, reason = %e, "destination refused by the egress guard");
             }
             (e.to_response(), Some(e.code()))
         }

@@ -66,6 +66,27 @@ pub fn authenticate(auth: Option<&ProxyAuth>, headers: &HeaderMap) -> Result<Cli
     found.map(Some).ok_or_else(rejected)
 }
 
+/// The client a tunnel was opened by, as the live config sees it now: the same username with
+/// the same password, or a 407 (the connection then closes and the client reconnects).
+pub fn reauthorize(auth: Option<&ProxyAuth>, opened_by: &Client) -> Result<Client, ProxyError> {
+    let Some(auth) = auth else {
+        return Ok(None);
+    };
+    let still = opened_by.as_ref().and_then(|was| {
+        auth.clients
+            .iter()
+            .find(|now| now.username == was.username && now.password == was.password)
+    });
+    match still {
+        Some(client) => Ok(Some(Arc::clone(client))),
+        None => Err(ProxyError::ProxyAuthRequired(
+            "the credentials this tunnel was opened with are no longer accepted (the config \
+             changed): open a new connection"
+                .to_owned(),
+        )),
+    }
+}
+
 /// The head's size as it arrived, near enough: request line plus `name: value\r\n` lines.
 fn head_size<B>(req: &Request<B>) -> usize {
     let line = req.method().as_str().len() + req.uri().to_string().len() + 12;
@@ -187,6 +208,32 @@ mod tests {
         bearer.insert(header::PROXY_AUTHORIZATION, "Bearer x".parse().unwrap());
         assert_eq!(
             authenticate(Some(&a), &bearer).unwrap_err().code(),
+            "proxy_auth_required"
+        );
+    }
+
+    #[test]
+    fn a_tunnel_keeps_its_client_only_while_the_config_does() {
+        let a = auth();
+        let opened = authenticate(Some(&a), &basic("app:pw-1")).unwrap();
+        assert_eq!(
+            reauthorize(Some(&a), &opened).unwrap().unwrap().username,
+            "app"
+        );
+        assert!(reauthorize(None, &opened).unwrap().is_none());
+        assert_eq!(
+            reauthorize(Some(&a), &None).unwrap_err().code(),
+            "proxy_auth_required"
+        );
+        let changed = ProxyAuth {
+            clients: vec![Arc::new(ProxyClient {
+                username: "app".into(),
+                password: Secret::new("rotated"),
+                profiles: None,
+            })],
+        };
+        assert_eq!(
+            reauthorize(Some(&changed), &opened).unwrap_err().code(),
             "proxy_auth_required"
         );
     }

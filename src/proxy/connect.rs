@@ -16,7 +16,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 
-use super::admission::{check_head, Client};
+use super::admission::{check_head, reauthorize, Client};
 use super::forward::{forward, Target};
 use super::limits::{reached, Phase, TunnelGauge};
 use super::{
@@ -25,6 +25,9 @@ use super::{
 };
 use crate::egress::EgressError;
 use crate::route::{normalize_host, route, Destination, Route, RouteError, PROFILE_HEADER};
+
+/// HTTP/2 streams one intercepted tunnel may have open at once.
+const MAX_STREAMS_PER_TUNNEL: u32 = 16;
 
 /// The first byte of every TLS connection (a handshake record).
 const TLS_HANDSHAKE: u8 = 0x16;
@@ -58,6 +61,7 @@ pub async fn handle(
         host: &target.host,
         port: target.port.unwrap_or(443),
         tunnel: true,
+        https: false,
     };
     match route(&state.config, dest, requested.as_deref(), client.as_deref()) {
         Ok(Route::Passthrough) => {
@@ -251,10 +255,13 @@ impl Inner {
                     target.host.clone(),
                     req.uri().path().to_owned(),
                 );
+                // The tunnel's client is checked again against the live config: a reload that
+                // removes it or narrows its profiles applies to tunnels already open.
                 let admitted = check_head(&req, state.config.proxy.max_header_bytes)
-                    .and_then(|()| check_inner_authority(&req, &target.host, sni.as_deref()));
+                    .and_then(|()| check_inner_authority(&req, &target.host, sni.as_deref()))
+                    .and_then(|()| reauthorize(state.config.proxy.auth.as_ref(), &client));
                 let result = match admitted {
-                    Ok(()) => forward(&state, client.as_deref(), req, target, &mut log).await,
+                    Ok(client) => forward(&state, client.as_deref(), req, target, &mut log).await,
                     Err(e) => {
                         tracing::warn!(request_id = %log.id, connect = %log.host, reason = %e, "misdirected request inside CONNECT refused");
                         Err(e)
@@ -269,8 +276,10 @@ impl Inner {
             .timer(TokioTimer::new())
             .header_read_timeout(config.proxy.header_read_timeout)
             .max_buf_size(head_buffer_size(&config));
+        // One connection slot must not become hundreds of concurrent signed requests.
         builder
             .http2()
+            .max_concurrent_streams(MAX_STREAMS_PER_TUNNEL)
             .max_header_list_size(u32::try_from(config.proxy.max_header_bytes).unwrap_or(u32::MAX));
         let connection = builder.serve_connection(TokioIo::new(stream), service);
         let outcome = conn

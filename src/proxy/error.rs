@@ -63,7 +63,9 @@ impl From<SignError> for ProxyError {
 impl ProxyError {
     pub fn code(&self) -> &'static str {
         match self {
-            ProxyError::BadRequest(_) | ProxyError::SignBadRequest(_) => "bad_request",
+            ProxyError::BadRequest(_)
+            | ProxyError::SignBadRequest(_)
+            | ProxyError::Route(RouteError::MalformedHost { .. }) => "bad_request",
             ProxyError::Route(
                 RouteError::HostNotAllowed { .. } | RouteError::MarketplacePort { .. },
             ) => "host_not_allowed",
@@ -92,7 +94,9 @@ impl ProxyError {
 
     pub fn status(&self) -> StatusCode {
         match self {
-            ProxyError::BadRequest(_) | ProxyError::SignBadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::BadRequest(_)
+            | ProxyError::SignBadRequest(_)
+            | ProxyError::Route(RouteError::MalformedHost { .. }) => StatusCode::BAD_REQUEST,
             ProxyError::Route(
                 RouteError::HostNotAllowed { .. }
                 | RouteError::MarketplacePort { .. }
@@ -126,6 +130,7 @@ impl ProxyError {
         matches!(
             self,
             ProxyError::BodyTimeout { .. }
+                | ProxyError::ProxyAuthRequired(_)
                 | ProxyError::Busy { .. }
                 | ProxyError::HeadersTooLarge { .. }
                 | ProxyError::BodyTooLarge { .. }

@@ -31,6 +31,8 @@ use crate::upstream::{BoxError, UpstreamBody, UpstreamError};
 
 /// Responses up to this size are checked for a "token expired" answer before they are relayed.
 const TOKEN_ANSWER_INSPECT_LIMIT: u64 = 64 * 1024;
+/// The buffer-budget permits an inspection may take: the limit plus one frame past it.
+const INSPECT_PERMITS: u32 = (2 * TOKEN_ANSWER_INSPECT_LIMIT / BUFFER_PERMIT_BYTES) as u32;
 
 /// Where a request is going, as the client named it (host normalised by [`normalize_host`]).
 #[derive(Debug, Clone)]
@@ -91,6 +93,7 @@ pub async fn forward(
         host: &target.host,
         port: named_port(target.https, target.port),
         tunnel: false,
+        https: target.https,
     };
     match route(&state.config, dest, requested.as_deref(), client)? {
         Route::Sign(profile) => {
@@ -158,7 +161,8 @@ async fn forward_signed(
     let Some(used) = token.filter(|_| profile.token.is_managed()) else {
         return Ok(response);
     };
-    let (response, expired) = answer_says_token_expired(&profile.token, response).await?;
+    let (response, expired) =
+        answer_says_token_expired(&profile.token, &state.buffer_budget, response).await?;
     if !expired {
         return Ok(response);
     }
@@ -223,9 +227,16 @@ async fn sign_and_send(
 /// back in front, untouched.
 async fn answer_says_token_expired(
     source: &TokenSource,
+    budget: &Arc<Semaphore>,
     response: Response<ProxyBody>,
 ) -> Result<(Response<ProxyBody>, bool), ProxyError> {
     let declared_large = response.body().size_hint().lower() > TOKEN_ANSWER_INSPECT_LIMIT;
+    // What is read here is held until the client has it: it counts against max_buffered_bytes.
+    // When the budget is spent the answer streams on uninspected rather than waiting.
+    let Ok(reservation) = Arc::clone(budget).try_acquire_many_owned(INSPECT_PERMITS) else {
+        tracing::debug!("buffer budget spent: relaying the answer without the token-expired check");
+        return Ok((response, false));
+    };
     let encoding = response
         .headers()
         .get(header::CONTENT_ENCODING)
@@ -251,13 +262,21 @@ async fn answer_says_token_expired(
         }
         read.push_back(frame);
         if data.len() as u64 > TOKEN_ANSWER_INSPECT_LIMIT {
-            let replay = Replay { read, rest: body };
+            let replay = Replay {
+                read,
+                rest: body,
+                _reservation: reservation,
+            };
             return Ok((Response::from_parts(parts, replay.boxed()), false));
         }
     }
     let expired = decoded(&encoding, &data)
         .is_some_and(|answer| source.is_expired_answer(parts.status.as_u16(), &answer));
-    let replay = Replay { read, rest: body };
+    let replay = Replay {
+        read,
+        rest: body,
+        _reservation: reservation,
+    };
     Ok((Response::from_parts(parts, replay.boxed()), expired))
 }
 
@@ -285,6 +304,8 @@ fn decoded<'a>(encoding: &str, data: &'a [u8]) -> Option<Cow<'a, [u8]>> {
 struct Replay {
     read: VecDeque<Frame<Bytes>>,
     rest: ProxyBody,
+    /// The buffer budget the read frames take, returned when the body is done.
+    _reservation: OwnedSemaphorePermit,
 }
 
 impl Body for Replay {

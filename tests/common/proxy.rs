@@ -19,6 +19,8 @@ pub struct ProxyHarness {
     pub addr: SocketAddr,
     /// The running proxy's metrics (what `/metrics` would show).
     pub metrics: Arc<signproxy::metrics::Metrics>,
+    proxy: signproxy::proxy::Proxy,
+    render: Render,
     pub dir: tempfile::TempDir,
     /// The test upstream CA, as given to signproxy in `[upstream] ca_file`.
     pub upstream_ca_path: PathBuf,
@@ -64,11 +66,13 @@ impl ProxyHarness {
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let text = template
-            .replace("@PROXY_PORT@", &addr.port().to_string())
-            .replace("@STATE@", &toml_path(&state))
-            .replace("@CA_FILE@", &toml_path(&upstream_ca_path))
-            .replace("@CONNECT_TO@", &connect_to);
+        let render = Render {
+            proxy_port: addr.port(),
+            state: toml_path(&state),
+            ca_file: toml_path(&upstream_ca_path),
+            connect_to,
+        };
+        let text = render.apply(template);
         let config_path = dir.path().join("signproxy.toml");
         std::fs::write(&config_path, &text).expect("write config");
         let config = signproxy::config::Config::load(&config_path)
@@ -80,20 +84,31 @@ impl ProxyHarness {
         let proxy =
             signproxy::proxy::Proxy::new(Arc::new(config), Arc::clone(&metrics), vec![addr])
                 .expect("proxy state");
+        let serving = proxy.clone();
         let task = tokio::spawn(async move {
             let shutdown = async {
                 let _ = stopped.await;
             };
-            proxy.serve(listener, shutdown).await.expect("proxy run");
+            serving.serve(listener, shutdown).await.expect("proxy run");
         });
         ProxyHarness {
             addr,
             metrics,
+            proxy,
+            render,
             dir,
             upstream_ca_path,
             stop: Some(stop),
             task: Some(task),
         }
+    }
+
+    /// Switches the running proxy to a new config (what SIGHUP does), rendered like `start`'s.
+    pub fn reload(&self, template: &str) {
+        let text = self.render.apply(template);
+        let config = signproxy::config::Config::from_toml_str(&text, self.dir.path())
+            .unwrap_or_else(|e| panic!("test config invalid: {e}\n{text}"));
+        self.proxy.reload(Arc::new(config)).expect("reload");
     }
 
     /// The value of one sample in the metrics exposition (`name{labels}` exactly as printed),
@@ -134,6 +149,24 @@ impl Drop for ProxyHarness {
         if let Some(task) = self.task.take() {
             task.abort();
         }
+    }
+}
+
+/// The placeholders a config template may use, as `start` filled them.
+struct Render {
+    proxy_port: u16,
+    state: String,
+    ca_file: String,
+    connect_to: String,
+}
+
+impl Render {
+    fn apply(&self, template: &str) -> String {
+        template
+            .replace("@PROXY_PORT@", &self.proxy_port.to_string())
+            .replace("@STATE@", &self.state)
+            .replace("@CA_FILE@", &self.ca_file)
+            .replace("@CONNECT_TO@", &self.connect_to)
     }
 }
 
