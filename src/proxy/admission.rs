@@ -89,7 +89,11 @@ pub fn reauthorize(auth: Option<&ProxyAuth>, opened_by: &Client) -> Result<Clien
 
 /// The head's size as it arrived, near enough: request line plus `name: value\r\n` lines.
 fn head_size<B>(req: &Request<B>) -> usize {
-    let line = req.method().as_str().len() + req.uri().to_string().len() + 12;
+    let uri = req.uri();
+    let target = uri.scheme_str().map_or(0, |s| s.len() + 3)
+        + uri.authority().map_or(0, |a| a.as_str().len())
+        + uri.path_and_query().map_or(0, |p| p.as_str().len());
+    let line = req.method().as_str().len() + target + 12;
     req.headers()
         .iter()
         .map(|(name, value)| name.as_str().len() + value.len() + 4)
