@@ -10,6 +10,8 @@
 //!
 //! Run: `cargo bench --bench proxy_bench` (env: BENCH_SECS, BENCH_CONCURRENCY).
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 #[path = "../tests/common/mod.rs"]
 mod common;
 

@@ -3,6 +3,8 @@
 //! inside the tunnel and forwards it over TLS → a test upstream that verifies the signature with
 //! its own implementation and records the bytes.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use std::net::SocketAddr;

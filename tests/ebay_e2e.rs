@@ -2,6 +2,8 @@
 //! upstream that checks the RFC 9421 signature with its own implementation and records the bytes.
 //! Plus the `signproxy sign` binary against eBay's verification-service vector.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use std::time::Duration;

@@ -2,6 +2,8 @@
 //! debug level, signproxy and its dependencies) is captured; then the logs, error bodies,
 //! `Debug` output and CLI output are searched for those values.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use std::io::Write;

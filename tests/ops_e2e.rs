@@ -5,6 +5,8 @@
 //! Each test starts its own process on port 0 (proxy and admin) with its own temp folder; the
 //! actual ports come from the `signproxy listening` log line.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use std::net::SocketAddr;

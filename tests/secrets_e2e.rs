@@ -3,6 +3,8 @@
 //! can read are warned about with the fix; `ca init --force` replaces a CA whose name
 //! constraints no longer cover the profiles' hosts.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};

@@ -2,6 +2,8 @@
 //! methods, bounded bodies and heads. Every refusal is checked against the error contract (status,
 //! `x-signproxy-error`, JSON body), against `/metrics`, and against the upstream: nothing arrives.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use std::net::SocketAddr;

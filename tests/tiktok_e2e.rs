@@ -1,6 +1,8 @@
 //! End to end, TikTok Shop: real clients (reqwest, curl, raw sockets) → the real proxy → a TLS
 //! test upstream that checks the signature with its own implementation and records the bytes.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use std::time::Duration;
