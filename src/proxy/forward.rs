@@ -43,7 +43,13 @@ pub async fn handle_absolute(
     req: Request<Incoming>,
     log: &mut RequestLog,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    let uri = req.uri();
+    let target = absolute_target(req.uri())?;
+    forward(state, req, target, log).await
+}
+
+/// Where an absolute-form request target points: its scheme, lower-cased host and explicit port.
+/// Kept apart from I/O so the fuzz targets can reach it.
+pub fn absolute_target(uri: &Uri) -> Result<Target, ProxyError> {
     let https = match uri.scheme_str() {
         Some("http") => false,
         Some("https") => true,
@@ -61,12 +67,11 @@ pub async fn handle_absolute(
         }
     };
     let host = uri.host().unwrap_or_default().to_ascii_lowercase();
-    let target = Target {
+    Ok(Target {
         host,
         port: uri.port_u16(),
         https,
-    };
-    forward(state, req, target, log).await
+    })
 }
 
 /// Routes and forwards a request whose destination is `target`.
