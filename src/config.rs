@@ -227,9 +227,11 @@ impl HostPattern {
         }
         match self.0.strip_prefix("*.") {
             Some(suffix) => {
+                // Bytes, not `str` slices: a non-ASCII host would put the cut inside a character.
+                let host = host.as_bytes();
                 host.len() > suffix.len() + 1
-                    && host[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
-                    && host.as_bytes()[host.len() - suffix.len() - 1] == b'.'
+                    && host[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix.as_bytes())
+                    && host[host.len() - suffix.len() - 1] == b'.'
             }
             None => host.eq_ignore_ascii_case(&self.0),
         }
@@ -243,13 +245,19 @@ pub fn is_ip_literal(host: &str) -> bool {
     if bare.parse::<std::net::IpAddr>().is_ok() {
         return true;
     }
-    let last = bare.trim_end_matches('.').rsplit('.').next().unwrap_or("");
+    let last = bare
+        .trim_end_matches('.')
+        .rsplit('.')
+        .next()
+        .unwrap_or("")
+        .as_bytes();
     // A real top-level domain is never numeric (RFC 3696 §2): treat such names as addresses.
+    // Bytes, not `str` slices: a non-ASCII label would put a cut inside a character.
     !last.is_empty()
-        && (last.chars().all(|c| c.is_ascii_digit())
+        && (last.iter().all(u8::is_ascii_digit)
             || (last.len() > 2
-                && last[..2].eq_ignore_ascii_case("0x")
-                && last[2..].chars().all(|c| c.is_ascii_hexdigit())))
+                && last[..2].eq_ignore_ascii_case(b"0x")
+                && last[2..].iter().all(u8::is_ascii_hexdigit)))
 }
 
 impl fmt::Display for HostPattern {
@@ -565,10 +573,10 @@ impl Config {
         // report the position and the message only.
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
             let at = e.span().map(|span| line_col(text, span.start));
-            let message = e.message().trim_end();
+            let message = without_quoted_strings(e.message().trim_end());
             match at {
                 Some((line, col)) => err(None, format!("line {line}, column {col}: {message}")),
-                None => err(None, message.to_owned()),
+                None => err(None, message),
             }
         })?;
         let ctx = Ctx {
@@ -771,7 +779,8 @@ pub fn admin_settings(path: &Path) -> Result<AdminSettings, ConfigError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| fail(format!("cannot read the config file ({e})")))?;
     // The message only: toml's Display quotes the source line, which may hold a secret.
-    let raw: AdminOnly = toml::from_str(&text).map_err(|e| fail(e.message().to_owned()))?;
+    let raw: AdminOnly =
+        toml::from_str(&text).map_err(|e| fail(without_quoted_strings(e.message())))?;
     let ctx = Ctx {
         base_dir: path.parent().unwrap_or(Path::new(".")),
         err: &|key, message| ConfigError {
@@ -1186,6 +1195,37 @@ fn qualify_profile(name: &str, profiles: &[Arc<Profile>]) -> Result<String, Stri
     }
 }
 
+/// `message` with the text of every `string "…"` dropped. serde quotes the offending value in type
+/// errors, and that value can be a secret under the wrong key: `[ebay]` instead of
+/// `[ebay.default]` makes each key a profile name and each literal secret a mistyped profile.
+fn without_quoted_strings(message: &str) -> String {
+    const MARK: &str = "string \"";
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(at) = rest.find(MARK) {
+        out.push_str(&rest[..at]);
+        out.push_str("string");
+        let quoted = &rest[at + MARK.len()..];
+        // The value is Debug-escaped: `\` escapes the next character, the first bare `"` closes.
+        let mut end = quoted.len();
+        let mut escaped = false;
+        for (i, c) in quoted.char_indices() {
+            match c {
+                _ if escaped => escaped = false,
+                '\\' => escaped = true,
+                '"' => {
+                    end = i + 1;
+                    break;
+                }
+                _ => {}
+            }
+        }
+        rest = &quoted[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text.as_bytes()[..offset.min(text.len())];
     let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
@@ -1322,6 +1362,9 @@ mod tests {
         assert!(p.matches("a.b.EXAMPLE.com"));
         assert!(!p.matches("example.com"));
         assert!(!p.matches("badexample.com"));
+        // Non-ASCII hosts never reach here from the proxy (URIs are ASCII), but must not panic.
+        assert!(!HostPattern::parse("*.ab").unwrap().matches("aéa"));
+        assert!(HostPattern::parse("*.ab").unwrap().matches("é.ab"));
         assert!(HostPattern::parse("https://x.com").is_err());
         // Patterns name hosts, never addresses: these would match IP literals.
         assert!(HostPattern::parse("::1").is_err() && HostPattern::parse("[::1]").is_err());
@@ -1501,6 +1544,17 @@ mod tests {
     fn config_error_never_contains_the_secret() {
         let e = parse("[tiktok.d]\napp_key=\"\"\napp_secret=\"supersecret-xyz\"\n").unwrap_err();
         assert!(!format!("{e} {e:?}").contains("supersecret-xyz"));
+        // A profile table left out: each key becomes a profile and each value a mistyped one.
+        let e = parse("[tiktok]\napp_secret=\"supersecret-xyz\"\napp_key=\"k\"\n").unwrap_err();
+        assert!(!format!("{e} {e:?}").contains("supersecret-xyz"), "{e}");
+        assert!(
+            e.to_string().contains("invalid type: string, expected"),
+            "{e}"
+        );
+        assert_eq!(
+            without_quoted_strings(r#"a string "x\"y" b string "z"#),
+            "a string b string"
+        );
         let ok = parse("[tiktok.d]\napp_key=\"k\"\napp_secret=\"supersecret-xyz\"\n").unwrap();
         assert!(!format!("{ok:?}").contains("supersecret-xyz"));
     }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::uri::Authority;
-use http::{header, HeaderValue, Request, Response, StatusCode};
+use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -40,16 +40,7 @@ pub async fn handle(
     req: Request<Incoming>,
     log: &mut RequestLog,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    let authority = req
-        .uri()
-        .authority()
-        .cloned()
-        .ok_or_else(|| ProxyError::BadRequest("CONNECT needs a HOST:PORT target".to_owned()))?;
-    let target = Target {
-        host: normalize_host(authority.host()),
-        port: Some(authority.port_u16().unwrap_or(443)),
-        https: true,
-    };
+    let target = connect_target(req.uri())?;
     log.host.clone_from(&target.host);
     // `x-signproxy-profile` on the CONNECT (curl --proxy-header, Go's ProxyConnectHeader)
     // chooses the profile for every request inside the tunnel that does not name its own.
@@ -81,6 +72,19 @@ pub async fn handle(
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// The host and port a CONNECT request target (authority-form) names; 443 when it gives no port.
+/// Pure, so the fuzz targets can reach it.
+pub fn connect_target(uri: &Uri) -> Result<Target, ProxyError> {
+    let authority = uri
+        .authority()
+        .ok_or_else(|| ProxyError::BadRequest("CONNECT needs a HOST:PORT target".to_owned()))?;
+    Ok(Target {
+        host: normalize_host(authority.host()),
+        port: Some(authority.port_u16().unwrap_or(443)),
+        https: true,
+    })
 }
 
 /// Dials first (through the egress guard), so an unreachable or refused destination is an
@@ -258,7 +262,14 @@ impl Inner {
                 // The tunnel's client is checked again against the live config: a reload that
                 // removes it or narrows its profiles applies to tunnels already open.
                 let admitted = check_head(&req, state.config.proxy.max_header_bytes)
-                    .and_then(|()| check_inner_authority(&req, &target.host, sni.as_deref()))
+                    .and_then(|()| {
+                        check_inner_authority(
+                            req.uri(),
+                            req.headers(),
+                            &target.host,
+                            sni.as_deref(),
+                        )
+                    })
                     .and_then(|()| reauthorize(state.config.proxy.auth.as_ref(), &client));
                 let result = match admitted {
                     Ok(client) => forward(&state, client.as_deref(), req, target, &mut log).await,
@@ -295,9 +306,10 @@ impl Inner {
 
 /// The CONNECT authority, the TLS SNI and the inner Host/authority must name one host: routing,
 /// signing and dialling all use that name, so a disagreement could sign for one host and send
-/// to another.
-fn check_inner_authority(
-    req: &Request<Incoming>,
+/// to another. Pure (URI and headers in), so the fuzz targets can reach it.
+pub fn check_inner_authority(
+    uri: &Uri,
+    headers: &HeaderMap,
     connect_host: &str,
     sni: Option<&str>,
 ) -> Result<(), ProxyError> {
@@ -308,11 +320,10 @@ fn check_inner_authority(
             )));
         }
     }
-    let inner = match req.uri().host() {
+    let inner = match uri.host() {
         Some(host) => host.to_owned(),
         None => {
-            let value = req
-                .headers()
+            let value = headers
                 .get(header::HOST)
                 .and_then(|v| v.to_str().ok())
                 .ok_or_else(|| {

@@ -50,7 +50,13 @@ pub async fn handle_absolute(
     req: Request<Incoming>,
     log: &mut RequestLog,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    let uri = req.uri();
+    let target = absolute_target(req.uri())?;
+    forward(state, client.as_deref(), req, target, log).await
+}
+
+/// Where an absolute-form request target points: its scheme, normalised host and explicit port.
+/// Pure, so the fuzz targets can reach it.
+pub fn absolute_target(uri: &Uri) -> Result<Target, ProxyError> {
     let https = match uri.scheme_str() {
         Some("http") => false,
         Some("https") => true,
@@ -67,12 +73,11 @@ pub async fn handle_absolute(
             ))
         }
     };
-    let target = Target {
+    Ok(Target {
         host: normalize_host(uri.host().unwrap_or_default()),
         port: uri.port_u16(),
         https,
-    };
-    forward(state, client.as_deref(), req, target, log).await
+    })
 }
 
 /// Routes and forwards a request whose destination is `target`, for `client` (the

@@ -168,7 +168,7 @@ impl PemBlock<'_> {
             .map_err(|_| {
                 KeyError::Pem(format!(
                     "the body of the \"{}\" block is not valid base64",
-                    self.label
+                    shown_label(self.label)
                 ))
             })
     }
@@ -193,6 +193,7 @@ fn pem_blocks(text: &str) -> Result<Vec<PemBlock<'_>>, KeyError> {
         let label = after_begin[..label_len].trim();
         let after_label = &after_begin[label_len + DASHES.len()..];
         let Some(body_len) = after_label.find(END) else {
+            let label = shown_label(label);
             return Err(KeyError::Pem(format!(
                 "\"BEGIN {label}\" has no matching \"END {label}\" line"
             )));
@@ -201,13 +202,16 @@ fn pem_blocks(text: &str) -> Result<Vec<PemBlock<'_>>, KeyError> {
         let after_end = &after_label[body_len + END.len()..];
         let Some(end_label_len) = after_end.find(DASHES) else {
             return Err(KeyError::Pem(format!(
-                "the \"END\" line of \"BEGIN {label}\" does not end with \"-----\""
+                "the \"END\" line of \"BEGIN {}\" does not end with \"-----\"",
+                shown_label(label)
             )));
         };
         let end_label = after_end[..end_label_len].trim();
         if end_label != label {
             return Err(KeyError::Pem(format!(
-                "\"BEGIN {label}\" is closed by \"END {end_label}\""
+                "\"BEGIN {}\" is closed by \"END {}\"",
+                shown_label(label),
+                shown_label(end_label)
             )));
         }
         rest = &after_end[end_label_len + DASHES.len()..];
@@ -233,6 +237,24 @@ fn pem_blocks(text: &str) -> Result<Vec<PemBlock<'_>>, KeyError> {
     Ok(blocks)
 }
 
+/// A PEM label as messages may show it. Real labels are a few short upper-case words (`PRIVATE
+/// KEY`, `X509 CRL`); a key pasted without its line breaks turns base64 key material into the
+/// "label", which must not reach an error message (and from there logs).
+fn shown_label(label: &str) -> &str {
+    let plausible = label.len() <= 40
+        && label.split(' ').all(|word| {
+            word.len() <= 12
+                && word
+                    .bytes()
+                    .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+        });
+    if plausible {
+        label
+    } else {
+        "<garbled label: were the PEM line breaks lost?>"
+    }
+}
+
 fn from_pem(text: &str) -> Result<PrivateKey, KeyError> {
     // Environment variables and JSON often carry PEM with literal `\n`; base64 has no backslash.
     let text = Zeroizing::new(text.replace("\\n", "\n"));
@@ -242,25 +264,25 @@ fn from_pem(text: &str) -> Result<PrivateKey, KeyError> {
         return Err(match blocks.first() {
             Some(b) if b.label.contains("PUBLIC KEY") || b.label.contains("CERTIFICATE") => {
                 KeyError::PublicKeyOnly {
-                    label: b.label.to_owned(),
+                    label: shown_label(b.label).to_owned(),
                 }
             }
             Some(b) => KeyError::UnsupportedPem {
-                label: b.label.to_owned(),
+                label: shown_label(b.label).to_owned(),
             },
             None => KeyError::Pem("no complete \"-----BEGIN …-----\" line".to_owned()),
         });
     };
     if block.encrypted || block.label == "ENCRYPTED PRIVATE KEY" {
         return Err(KeyError::Encrypted {
-            label: block.label.to_owned(),
+            label: shown_label(block.label).to_owned(),
         });
     }
     match block.label {
         "PRIVATE KEY" => from_pkcs8(&block.der()?),
         "RSA PRIVATE KEY" => rsa_from_pkcs1(&block.der()?),
         other => Err(KeyError::UnsupportedPem {
-            label: other.to_owned(),
+            label: shown_label(other).to_owned(),
         }),
     }
 }
@@ -633,6 +655,20 @@ MC4CAQAwBQYDK2VwBCIEIJ+DYvh6SEqVTm50DFtMDoQikTmiCqirVv9mWG9qfSnF
         let pkcs1 = "-----BEGIN RSA PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\nDEK-Info: AES-128-CBC,00112233445566778899AABBCCDDEEFF\n\nMIIEpAIBAAKCAQEA\n-----END RSA PRIVATE KEY-----";
         let err = load_private_key(pkcs1).unwrap_err();
         assert!(matches!(err, KeyError::Encrypted { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn flattened_pem_keeps_key_material_out_of_errors() {
+        let body = ED25519_BARE;
+        for text in [
+            format!("-----BEGIN PRIVATE KEY {body}-----END PRIVATE KEY-----"),
+            format!("-----BEGIN PRIVATE KEY-----{body}-----END {body}-----"),
+            format!("-----BEGIN PRIVATE KEY\n{body}\n-----END PRIVATE KEY-----"),
+            format!("-----BEGIN {body}-----\nAAAA\n-----END {body}-----"),
+        ] {
+            let err = load_private_key(&text).unwrap_err().to_string();
+            assert!(!err.contains(&body[..16]), "{err}");
+        }
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! TikTok Shop request signing (API 202309+): HMAC-SHA256 over path, sorted decoded query and the
 //! exact body bytes, wrapped in the app secret. Pure.
 
+use std::collections::HashSet;
+
 use hmac::{Hmac, Mac};
 use http::{HeaderName, HeaderValue};
 use sha2::Sha256;
@@ -39,12 +41,15 @@ pub fn sign(
     // what we sign is what the server will decode.
     let mut kept_raw: Vec<&str> = Vec::new();
     let mut params: Vec<(String, String)> = Vec::new();
+    // A set rather than a scan of `params`: the scan made one request line of ~50k distinct keys
+    // (well within hyper's head limit) cost minutes of CPU.
+    let mut seen: HashSet<String> = HashSet::new();
     for pair in raw_query.split('&').filter(|p| !p.is_empty()) {
         let (key, value) = decode_pair(pair);
         if OWNED_PARAMS.contains(&key.as_str()) {
             continue;
         }
-        if params.iter().any(|(k, _)| *k == key) {
+        if !seen.insert(key.clone()) {
             return Err(SignError::BadRequest(format!(
                 "query parameter `{key}` appears more than once; TikTok Shop's signature \
                  covers one value per key and its servers' handling of repeats is \
@@ -496,6 +501,27 @@ mod tests {
         assert_eq!(query_param(&own, "shop_cipher").as_deref(), Some("ROW_own"));
         assert_eq!(own.head.headers["x-tts-access-token"], "TTP_own");
         assert_eq!(own.head.query().unwrap().matches("shop_cipher=").count(), 1);
+    }
+
+    #[test]
+    fn many_distinct_keys_sign_in_linear_time() {
+        // Quadratic duplicate detection took minutes here; linear takes milliseconds.
+        let query: Vec<String> = (0..50_000).map(|i| format!("k{i}=v")).collect();
+        let started = std::time::Instant::now();
+        let s = sign(
+            head(Method::GET, &format!("/p?{}", query.join("&")), &[]),
+            b"",
+            &creds("s", "k"),
+            None,
+            1,
+        )
+        .unwrap();
+        assert!(s.head.query().unwrap().starts_with("k0=v&k1=v&"));
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "{:?}",
+            started.elapsed()
+        );
     }
 
     #[test]
