@@ -21,7 +21,6 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::proxy::Proxy;
-use crate::request::unix_now;
 
 /// Admin connections served at once; more are closed on accept.
 const MAX_ADMIN_CONNECTIONS: usize = 64;
@@ -150,12 +149,14 @@ pub async fn readiness(proxy: &Proxy) -> (bool, Value) {
     // sidecar becomes ready without waiting for the app's first request.
     let _ = tokio::time::timeout(
         READY_TOKEN_WAIT,
-        state.tokens.obtain_missing(&state.config, unix_now()),
+        state
+            .tokens
+            .obtain_missing(&state.config, state.clock.now()),
     )
     .await;
     let mut ready = true;
     let mut tokens = serde_json::Map::new();
-    for (profile, status) in state.tokens.status(unix_now()) {
+    for (profile, status) in state.tokens.status(state.clock.now()) {
         let entry = match status {
             Ok(expires_at) => json!({ "ok": true, "expires_at": expires_at }),
             Err(reason) => {

@@ -14,15 +14,17 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::ca::CertificateAuthority;
+use crate::clock::{Clock, SystemClock, Timestamp};
 use crate::config::{self, Config};
+use crate::marketplace::SignInput;
 use crate::metrics::{Metrics, Outcome};
 use crate::proxy::Proxy;
-use crate::request::{prepare_head, unix_now};
+use crate::request::prepare_head;
 use crate::route::{
     named_port, normalize_host, route, signed_port, Destination, Route, RouteError,
 };
 use crate::secret::Secret;
-use crate::sign::{https_authority, Signer};
+use crate::signing::https_authority;
 use crate::token::store::TokenStore;
 use crate::token::TokenSource;
 
@@ -183,7 +185,10 @@ async fn bind(addr: SocketAddr, key: &str) -> Result<TcpListener, String> {
 /// Managed tokens are fetched at start (and after a reload) rather than on the first request.
 async fn obtain_missing_tokens(proxy: Proxy) {
     let state = proxy.state();
-    state.tokens.obtain_missing(&state.config, unix_now()).await;
+    state
+        .tokens
+        .obtain_missing(&state.config, state.clock.now())
+        .await;
 }
 
 /// SIGHUP re-reads the config file and its secrets. A config that does not load leaves the
@@ -252,20 +257,12 @@ async fn shutdown_signal() {
 fn route_lines(config: &Config) -> Vec<String> {
     let mut lines = Vec::new();
     for p in &config.profiles {
-        let scheme = match &p.signer {
-            Signer::Tiktok(_) => "TikTok Shop HMAC-SHA256".to_owned(),
-            Signer::Ebay(e) => format!("eBay RFC 9421 ({})", e.key.algorithm()),
-        };
+        let scheme = p.signer.scheme();
         let hosts: Vec<String> = p.hosts.iter().map(|h| h.to_string()).collect();
         let token = match &p.token {
-            TokenSource::None => "",
-            TokenSource::Static(_) => ", static access token",
-            TokenSource::TiktokRefresh { .. } => ", managed access tokens (refresh token)",
-            TokenSource::EbayOAuth {
-                refresh_token: Some(_),
-                ..
-            } => ", managed user access tokens (refresh token)",
-            TokenSource::EbayOAuth { .. } => ", managed application access tokens",
+            TokenSource::None => String::new(),
+            TokenSource::Static(_) => ", static access token".to_owned(),
+            TokenSource::Managed(endpoint) => format!(", {}", endpoint.describe()),
         };
         lines.push(format!(
             "{} -> {} [{scheme}{token}]",
@@ -489,16 +486,30 @@ fn sign(args: SignArgs) -> Result<(), String> {
         TokenSource::Static(token) => Some(token.clone()),
         _ => Some(Secret::new(MANAGED_TOKEN_PLACEHOLDER)),
     };
+    let now = args
+        .now
+        .map(Timestamp::from_secs)
+        .unwrap_or_else(|| SystemClock.now());
+    let input = SignInput {
+        head: &head,
+        body: &body,
+        access_token: token.as_ref(),
+        now,
+    };
     let signed = profile
         .signer
-        .sign(
-            head,
-            &body,
-            token.as_ref(),
-            args.now.unwrap_or_else(unix_now),
-        )
+        .sign(input)
         .map_err(|e| format!("cannot sign: {e}"))?;
-
+    let explanation = if args.explain {
+        Some(
+            profile
+                .signer
+                .explain(input)
+                .map_err(|e| format!("cannot sign: {e}"))?,
+        )
+    } else {
+        None
+    };
     let mask = |value: &str| -> String {
         match &profile.token {
             TokenSource::Static(token) if !token.is_empty() => {
@@ -507,7 +518,7 @@ fn sign(args: SignArgs) -> Result<(), String> {
             _ => value.to_owned(),
         }
     };
-    let head = &signed.head;
+    let head = &signed;
     let mut out = String::new();
     out.push_str(&format!(
         "{} https://{}{} HTTP/1.1\n",
@@ -520,8 +531,8 @@ fn sign(args: SignArgs) -> Result<(), String> {
         ));
     }
     out.push('\n');
-    if args.explain {
-        out.push_str(&mask(&signed.explanation));
+    if let Some(explanation) = explanation {
+        out.push_str(&mask(&explanation));
         out.push('\n');
     }
     std::io::stdout()

@@ -3,7 +3,6 @@
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -12,16 +11,13 @@ use std::time::Duration;
 use ipnet::IpNet;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
-use serde::de::{self, MapAccess, Visitor};
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 
-use crate::secret::Secret;
-use crate::sign::ebay::EbayCredentials;
-use crate::sign::keys::load_private_key;
-use crate::sign::tiktok::TiktokCredentials;
-use crate::sign::Signer;
+pub use crate::host::{is_ip_literal, HostPattern};
+use crate::marketplace::{self, ProfileContext, ProfileError, Sign, TokenSource, MARKETPLACES};
+pub use crate::secret::SecretRef;
+use crate::secret::{without_quoted_strings, Secret};
 use crate::state_dir::exposure_warning;
-use crate::token::{TokenSource, EBAY_PRODUCTION_TOKEN_URL, EBAY_SANDBOX_TOKEN_URL};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 32 * 1024 * 1024;
@@ -33,13 +29,8 @@ pub const DEFAULT_BODY_READ_TIMEOUT_MS: u64 = 30_000;
 pub const DEFAULT_MAX_BUFFERED_BYTES: u64 = 256 * 1024 * 1024;
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
 pub const DEFAULT_PASSTHROUGH_PORTS: [u16; 1] = [443];
-pub const TIKTOK_DEFAULT_HOSTS: [&str; 1] = ["open-api.tiktokglobalshop.com"];
-pub const EBAY_DEFAULT_HOSTS: [&str; 4] = [
-    "api.ebay.com",
-    "apiz.ebay.com",
-    "api.sandbox.ebay.com",
-    "apiz.sandbox.ebay.com",
-];
+/// The top-level tables besides the marketplaces'.
+const SECTIONS: [&str; 5] = ["proxy", "upstream", "mitm", "admin", "log"];
 
 /// How errors name a config given as text rather than a file.
 const INLINE_SOURCE: &str = "<inline config>";
@@ -173,10 +164,10 @@ pub struct UpstreamSettings {
 pub struct Profile {
     /// The name after the dot, e.g. `default` in `[tiktok.default]`.
     pub name: String,
-    /// `tiktok` or `ebay`: the config table the profile came from.
+    /// The marketplace's config table (`tiktok`, `ebay`, ...) the profile came from.
     pub kind: &'static str,
     pub hosts: Vec<HostPattern>,
-    pub signer: Signer,
+    pub signer: Arc<dyn Sign>,
     /// Where the access token comes from: none, a static secret, or managed refreshes.
     pub token: TokenSource,
 }
@@ -192,94 +183,17 @@ impl Profile {
     }
 }
 
-/// An exact host name, or `*.example.com` for any name below `example.com`. Case-insensitive.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HostPattern(String);
-
-impl HostPattern {
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let lower = text.trim().to_ascii_lowercase();
-        let bare = lower.strip_prefix("*.").unwrap_or(&lower);
-        let valid = !bare.is_empty()
-            && bare
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
-        if !valid {
-            return Err(format!(
-                "`{text}` is not a host pattern: use a host name such as `api.example.com` \
-                 or `*.example.com` (no scheme, port or path)"
-            ));
-        }
-        if is_ip_literal(bare) {
-            return Err(format!(
-                "`{text}` is an IP address, and host patterns only match names: to let \
-                 passthrough reach an address, list its network in [proxy] allow_networks"
-            ));
-        }
-        Ok(HostPattern(lower))
-    }
-
-    /// Never true for an IP literal: `*.0.1` must not match `127.0.0.1`.
-    pub fn matches(&self, host: &str) -> bool {
-        let host = host.trim_end_matches('.');
-        if is_ip_literal(host) {
-            return false;
-        }
-        match self.0.strip_prefix("*.") {
-            Some(suffix) => {
-                // Bytes, not `str` slices: a non-ASCII host would put the cut inside a character.
-                let host = host.as_bytes();
-                host.len() > suffix.len() + 1
-                    && host[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix.as_bytes())
-                    && host[host.len() - suffix.len() - 1] == b'.'
-            }
-            None => host.eq_ignore_ascii_case(&self.0),
-        }
-    }
-}
-
-/// `127.0.0.1`, `::1`, `[::1]`, and the shorthand IPv4 forms resolvers accept (`127.1`,
-/// `0x7f.1`, `2130706433`): a name made only of digits, hex and dots is never a DNS name here.
-pub fn is_ip_literal(host: &str) -> bool {
-    let bare = host.trim_start_matches('[').trim_end_matches(']');
-    if bare.parse::<std::net::IpAddr>().is_ok() {
-        return true;
-    }
-    let last = bare
-        .trim_end_matches('.')
-        .rsplit('.')
-        .next()
-        .unwrap_or("")
-        .as_bytes();
-    // A real top-level domain is never numeric (RFC 3696 §2): treat such names as addresses.
-    // Bytes, not `str` slices: a non-ASCII label would put a cut inside a character.
-    !last.is_empty()
-        && (last.iter().all(u8::is_ascii_digit)
-            || (last.len() > 2
-                && last[..2].eq_ignore_ascii_case(b"0x")
-                && last[2..].iter().all(u8::is_ascii_hexdigit)))
-}
-
-impl fmt::Display for HostPattern {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Raw schema
 
+/// The sections signproxy itself owns. Unknown keys inside them are errors; a top-level table
+/// that is neither one of these nor a marketplace's is refused in [`Config::parse`].
 #[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
 struct RawConfig {
     #[serde(default)]
     proxy: RawProxy,
     #[serde(default)]
     upstream: RawUpstream,
-    #[serde(default)]
-    tiktok: BTreeMap<String, RawTiktok>,
-    #[serde(default)]
-    ebay: BTreeMap<String, RawEbay>,
     #[serde(default)]
     mitm: RawMitm,
     #[serde(default)]
@@ -359,172 +273,6 @@ struct RawUpstream {
     request_timeout_ms: Option<u64>,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawTiktok {
-    app_key: String,
-    app_secret: SecretRef,
-    access_token: Option<SecretRef>,
-    refresh_token: Option<SecretRef>,
-    shop_cipher: Option<String>,
-    hosts: Option<Vec<String>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawEbay {
-    private_key: SecretRef,
-    jwe: SecretRef,
-    access_token: Option<SecretRef>,
-    client_id: Option<String>,
-    client_secret: Option<SecretRef>,
-    refresh_token: Option<SecretRef>,
-    scopes: Option<Vec<String>>,
-    token_url: Option<String>,
-    hosts: Option<Vec<String>>,
-    #[serde(default)]
-    enforce_signature: bool,
-}
-
-/// Where a secret comes from: `"literal"`, `{ env = "VAR" }` or `{ file = "PATH" }`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SecretRef {
-    Literal(Secret),
-    Env(String),
-    File(PathBuf),
-}
-
-/// What a secret may look like; every secret type error says it.
-const SECRET_FORMS: &str = r#"a secret: "literal" in quotes, { env = "VAR" } or { file = "PATH" }"#;
-
-/// toml hands a date-time to a visitor as a one-key table under this key.
-const TOML_DATETIME_KEY: &str = "$__toml_private_datetime";
-
-/// A secret of the wrong TOML type. serde's default message quotes the value ("invalid type:
-/// integer `86753091234`"), and a mistyped secret is still a secret: name only its type.
-fn wrong_secret_type<E: de::Error>(found: &str) -> E {
-    E::custom(format!(
-        "expected {SECRET_FORMS}; found {found} (value not shown)"
-    ))
-}
-
-fn wrong_source_type<E: de::Error>(found: &str) -> E {
-    E::custom(format!(
-        "expected {SECRET_FORMS}, the variable name or path in quotes; found {found} (value not shown)"
-    ))
-}
-
-/// Visitor methods for every TOML type but strings and tables, each refusing by type alone.
-macro_rules! refuse_by_type {
-    ($de:lifetime, $value:ty, $wrong:ident) => {
-        fn visit_bool<E: de::Error>(self, _: bool) -> Result<$value, E> {
-            Err($wrong("a boolean"))
-        }
-        fn visit_i64<E: de::Error>(self, _: i64) -> Result<$value, E> {
-            Err($wrong("an integer"))
-        }
-        fn visit_i128<E: de::Error>(self, _: i128) -> Result<$value, E> {
-            Err($wrong("an integer"))
-        }
-        fn visit_u64<E: de::Error>(self, _: u64) -> Result<$value, E> {
-            Err($wrong("an integer"))
-        }
-        fn visit_u128<E: de::Error>(self, _: u128) -> Result<$value, E> {
-            Err($wrong("an integer"))
-        }
-        fn visit_f64<E: de::Error>(self, _: f64) -> Result<$value, E> {
-            Err($wrong("a float"))
-        }
-        fn visit_bytes<E: de::Error>(self, _: &[u8]) -> Result<$value, E> {
-            Err($wrong("bytes"))
-        }
-        fn visit_none<E: de::Error>(self) -> Result<$value, E> {
-            Err($wrong("nothing"))
-        }
-        fn visit_unit<E: de::Error>(self) -> Result<$value, E> {
-            Err($wrong("nothing"))
-        }
-        fn visit_seq<A: de::SeqAccess<$de>>(self, _: A) -> Result<$value, A::Error> {
-            Err($wrong("an array"))
-        }
-    };
-}
-
-impl<'de> Deserialize<'de> for SecretRef {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct SecretRefVisitor;
-        impl<'de> Visitor<'de> for SecretRefVisitor {
-            type Value = SecretRef;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str(SECRET_FORMS)
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<SecretRef, E> {
-                Ok(SecretRef::Literal(Secret::new(v)))
-            }
-            refuse_by_type!('de, SecretRef, wrong_secret_type);
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<SecretRef, A::Error> {
-                let mut found: Option<SecretRef> = None;
-                while let Some(key) = map.next_key::<String>()? {
-                    // The key decides how (and whether) the value is read: an unknown key's
-                    // value may be the secret itself, so it is never read.
-                    let source = match key.as_str() {
-                        "env" => SecretRef::Env(map.next_value::<SourceName>()?.0),
-                        "file" => SecretRef::File(PathBuf::from(map.next_value::<SourceName>()?.0)),
-                        TOML_DATETIME_KEY => return Err(wrong_secret_type("a date-time")),
-                        other => {
-                            return Err(de::Error::custom(format!(
-                                "unknown secret source `{other}`: use {{ env = \"VAR\" }} or {{ file = \"PATH\" }}"
-                            )))
-                        }
-                    };
-                    if found.replace(source).is_some() {
-                        return Err(de::Error::custom(
-                            "a secret takes exactly one of `env` or `file`",
-                        ));
-                    }
-                }
-                found.ok_or_else(|| {
-                    de::Error::custom(
-                        r#"empty secret table: use { env = "VAR" } or { file = "PATH" }"#,
-                    )
-                })
-            }
-        }
-        deserializer.deserialize_any(SecretRefVisitor)
-    }
-}
-
-/// The string inside `{ env = ... }` or `{ file = ... }`. Anything else is refused by type alone,
-/// since a secret pasted in the wrong place must not be echoed.
-struct SourceName(String);
-
-impl<'de> Deserialize<'de> for SourceName {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct SourceNameVisitor;
-        impl<'de> Visitor<'de> for SourceNameVisitor {
-            type Value = SourceName;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str(SECRET_FORMS)
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<SourceName, E> {
-                Ok(SourceName(v.to_owned()))
-            }
-            refuse_by_type!('de, SourceName, wrong_source_type);
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<SourceName, A::Error> {
-                let datetime = map
-                    .next_key::<String>()?
-                    .is_some_and(|k| k == TOML_DATETIME_KEY);
-                Err(wrong_source_type(if datetime {
-                    "a date-time"
-                } else {
-                    "a table"
-                }))
-            }
-        }
-        deserializer.deserialize_any(SourceNameVisitor)
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Loading and validation
 
@@ -571,14 +319,31 @@ impl Config {
         };
         // toml's own Display quotes the offending source line, which may hold a literal secret:
         // report the position and the message only.
-        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+        let located = |e: toml::de::Error| {
             let at = e.span().map(|span| line_col(text, span.start));
             let message = without_quoted_strings(e.message().trim_end());
             match at {
                 Some((line, col)) => err(None, format!("line {line}, column {col}: {message}")),
                 None => err(None, message),
             }
-        })?;
+        };
+        let mut document: toml::Table = toml::from_str(text).map_err(located)?;
+        let raw: RawConfig = toml::from_str(text).map_err(located)?;
+        for section in SECTIONS {
+            document.remove(section);
+        }
+        if let Some(unknown) = document.keys().find(|k| marketplace::by_id(k).is_none()) {
+            let ids: Vec<&str> = MARKETPLACES.iter().map(|m| m.id()).collect();
+            return Err(err(
+                Some(unknown.clone()),
+                format!(
+                    "unknown table: expected {}, or a marketplace profile such as [{}.default] ({})",
+                    SECTIONS.join(", "),
+                    ids.first().copied().unwrap_or("marketplace"),
+                    ids.join(", ")
+                ),
+            ));
+        }
         let ctx = Ctx {
             base_dir,
             err: &err,
@@ -661,16 +426,18 @@ impl Config {
         };
 
         let mut profiles = Vec::new();
-        for (name, t) in raw.tiktok {
-            profiles.push(Arc::new(ctx.tiktok(name, t)?));
-        }
-        for (name, e) in raw.ebay {
-            profiles.push(Arc::new(ctx.ebay(name, e)?));
+        for market in MARKETPLACES {
+            let Some(tables) = document.remove(market.id()) else {
+                continue;
+            };
+            for (name, table) in ctx.profile_tables(market.id(), tables)? {
+                profiles.push(Arc::new(ctx.profile(*market, name, table, text)?));
+            }
         }
         mitm.permitted_hosts = intercepted_hosts(&profiles);
-        let warnings = ctx.take_warnings(source);
 
         let auth = raw.proxy.auth.map(|a| ctx.auth(a, &profiles)).transpose()?;
+        let warnings = ctx.take_warnings(source);
         ctx.exposure(
             "proxy.listen",
             listen,
@@ -1061,112 +828,73 @@ impl Ctx<'_> {
         })
     }
 
-    fn hosts(
+    /// The `[ID.NAME]` tables under a marketplace's key. A value that is not a table (`[ebay]`
+    /// with keys directly under it) is refused without showing it: it may be a secret.
+    fn profile_tables(
         &self,
-        key: &str,
-        raw: Option<Vec<String>>,
-        default: &[&str],
-    ) -> Result<Vec<HostPattern>, ConfigError> {
-        let list = raw.unwrap_or_else(|| default.iter().map(|s| s.to_string()).collect());
-        if list.is_empty() {
-            return Err(self.fail(key, "lists no host: a profile must serve at least one"));
-        }
-        self.patterns(key, &list)
+        id: &str,
+        tables: toml::Value,
+    ) -> Result<Vec<(String, toml::Table)>, ConfigError> {
+        let toml::Value::Table(tables) = tables else {
+            return Err(self.fail(
+                id,
+                format!("must hold profile tables: write [{id}.default] (the name after the dot is free)"),
+            ));
+        };
+        tables
+            .into_iter()
+            .map(|(name, table)| match table {
+                toml::Value::Table(table) => Ok((name, table)),
+                _ => Err(self.fail(
+                    &format!("{id}.{name}"),
+                    format!("is not a profile table: put the profile's keys under [{id}.NAME], e.g. [{id}.default]"),
+                )),
+            })
+            .collect()
     }
 
-    fn tiktok(&self, name: String, raw: RawTiktok) -> Result<Profile, ConfigError> {
-        let at = |k: &str| format!("tiktok.{name}.{k}");
-        if raw.app_key.trim().is_empty() {
+    /// Builds one profile through its marketplace; errors name `ID.NAME.KEY` and, where it can be
+    /// found in `text`, the line.
+    fn profile(
+        &self,
+        market: &'static dyn marketplace::Marketplace,
+        name: String,
+        table: toml::Table,
+        text: &str,
+    ) -> Result<Profile, ConfigError> {
+        let id = market.id();
+        let resolve = |key: &str, source: &SecretRef| {
+            self.secret(&format!("{id}.{name}.{key}"), source)
+                .map_err(|e| ProfileError::new(key, e.message))
+        };
+        let cx = ProfileContext::new(&name, &resolve);
+        let located = |e: ProfileError| {
+            let key = match e.key.as_str() {
+                "" => format!("{id}.{name}"),
+                key => format!("{id}.{name}.{key}"),
+            };
+            // A nested key (`app_secret.env`) is found by its first part.
+            let first = e.key.split('.').next().unwrap_or("");
+            let message = match locate_key(text, &format!("{id}.{name}"), first) {
+                Some(line) => format!("line {line}: {}", e.message),
+                None => e.message,
+            };
+            self.fail(&key, message)
+        };
+        let parts = market.profile(table, &cx).map_err(located)?;
+        let hosts_key = format!("{id}.{name}.hosts");
+        if parts.hosts.is_empty() {
             return Err(self.fail(
-                &at("app_key"),
-                "is empty: copy the App key from TikTok Shop Partner Center",
+                &hosts_key,
+                "lists no host: a profile must serve at least one",
             ));
         }
-        let creds = TiktokCredentials {
-            app_key: raw.app_key,
-            app_secret: self.secret(&at("app_secret"), &raw.app_secret)?,
-            shop_cipher: raw.shop_cipher.filter(|c| !c.is_empty()),
-        };
-        let token = match (raw.access_token, raw.refresh_token) {
-            (Some(_), Some(_)) => {
-                return Err(self.fail(
-                    &at("refresh_token"),
-                    "set either access_token (a static token) or refresh_token (signproxy obtains and refreshes access tokens), not both",
-                ))
-            }
-            (Some(r), None) => TokenSource::Static(self.secret(&at("access_token"), &r)?),
-            (None, Some(r)) => TokenSource::TiktokRefresh {
-                app_key: creds.app_key.clone(),
-                app_secret: creds.app_secret.clone(),
-                refresh_token: self.secret(&at("refresh_token"), &r)?,
-            },
-            (None, None) => TokenSource::None,
-        };
         Ok(Profile {
-            hosts: self.hosts(&at("hosts"), raw.hosts, &TIKTOK_DEFAULT_HOSTS)?,
+            hosts: self.patterns(&hosts_key, &parts.hosts)?,
             name,
-            kind: "tiktok",
-            signer: Signer::Tiktok(creds),
-            token,
-        })
-    }
-
-    fn ebay(&self, name: String, raw: RawEbay) -> Result<Profile, ConfigError> {
-        let at = |k: &str| format!("ebay.{name}.{k}");
-        let key_text = self.secret(&at("private_key"), &raw.private_key)?;
-        let key = load_private_key(key_text.expose())
-            .map_err(|e| self.fail(&at("private_key"), e.to_string()))?;
-        let creds = EbayCredentials {
-            key: Arc::new(key),
-            jwe: self.secret(&at("jwe"), &raw.jwe)?,
-            enforce_signature: raw.enforce_signature,
-        };
-        let hosts = self.hosts(&at("hosts"), raw.hosts, &EBAY_DEFAULT_HOSTS)?;
-        let token = match (raw.access_token, raw.client_id, raw.client_secret) {
-            (Some(_), Some(_), _) | (Some(_), _, Some(_)) => {
-                return Err(self.fail(
-                    &at("access_token"),
-                    "set either access_token (a static token) or client_id + client_secret (signproxy obtains and refreshes tokens), not both",
-                ))
-            }
-            (Some(r), None, None) => TokenSource::Static(self.secret(&at("access_token"), &r)?),
-            (None, Some(client_id), Some(secret)) => {
-                if client_id.trim().is_empty() {
-                    return Err(self.fail(&at("client_id"), "is empty: copy the App ID (Client ID) from eBay's developer portal"));
-                }
-                // Sandbox-only profiles get sandbox tokens; anything else talks to production.
-                let sandbox = hosts.iter().all(|h| h.to_string().contains(".sandbox."));
-                let default_url = if sandbox { EBAY_SANDBOX_TOKEN_URL } else { EBAY_PRODUCTION_TOKEN_URL };
-                let token_url = raw.token_url.unwrap_or_else(|| default_url.to_owned());
-                if token_url.parse::<http::Uri>().map(|u| u.scheme_str() != Some("https") || u.host().is_none()).unwrap_or(true) {
-                    return Err(self.fail(&at("token_url"), format!("`{token_url}` is not an https:// URL")));
-                }
-                TokenSource::EbayOAuth {
-                    client_id,
-                    client_secret: self.secret(&at("client_secret"), &secret)?,
-                    refresh_token: raw
-                        .refresh_token
-                        .map(|r| self.secret(&at("refresh_token"), &r))
-                        .transpose()?,
-                    scopes: raw.scopes.unwrap_or_default(),
-                    token_url,
-                }
-            }
-            (None, Some(_), None) => return Err(self.fail(&at("client_secret"), "is missing: client_id needs client_secret")),
-            (None, None, Some(_)) => return Err(self.fail(&at("client_id"), "is missing: client_secret needs client_id")),
-            (None, None, None) => {
-                if raw.refresh_token.is_some() || raw.scopes.is_some() || raw.token_url.is_some() {
-                    return Err(self.fail(&at("client_id"), "refresh_token, scopes and token_url need client_id and client_secret"));
-                }
-                TokenSource::None
-            }
-        };
-        Ok(Profile {
-            hosts,
-            name,
-            kind: "ebay",
-            signer: Signer::Ebay(creds),
-            token,
+            kind: id,
+            signer: parts.signer,
+            token: parts.token,
         })
     }
 }
@@ -1195,35 +923,30 @@ fn qualify_profile(name: &str, profiles: &[Arc<Profile>]) -> Result<String, Stri
     }
 }
 
-/// `message` with the text of every `string "…"` dropped. serde quotes the offending value in type
-/// errors, and that value can be a secret under the wrong key: `[ebay]` instead of
-/// `[ebay.default]` makes each key a profile name and each literal secret a mistyped profile.
-fn without_quoted_strings(message: &str) -> String {
-    const MARK: &str = "string \"";
-    let mut out = String::with_capacity(message.len());
-    let mut rest = message;
-    while let Some(at) = rest.find(MARK) {
-        out.push_str(&rest[..at]);
-        out.push_str("string");
-        let quoted = &rest[at + MARK.len()..];
-        // The value is Debug-escaped: `\` escapes the next character, the first bare `"` closes.
-        let mut end = quoted.len();
-        let mut escaped = false;
-        for (i, c) in quoted.char_indices() {
-            match c {
-                _ if escaped => escaped = false,
-                '\\' => escaped = true,
-                '"' => {
-                    end = i + 1;
-                    break;
-                }
-                _ => {}
+/// The line of `key` inside the table `[section]` of `text` (the header's line for an empty key),
+/// when written in the usual way. Marketplace tables are handed over as values, without the
+/// positions the TOML parser knew, so errors find their line again here.
+fn locate_key(text: &str, section: &str, key: &str) -> Option<usize> {
+    let mut inside = false;
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.starts_with('[') {
+            let header = line.trim_start_matches('[').split(']').next().unwrap_or("");
+            let header: String = header.chars().filter(|c| !c.is_whitespace()).collect();
+            inside = header == section;
+            if inside && key.is_empty() {
+                return Some(i + 1);
             }
+            continue;
         }
-        rest = &quoted[end..];
+        let named = line
+            .strip_prefix(key)
+            .is_some_and(|rest| rest.trim_start().starts_with('='));
+        if inside && !key.is_empty() && named {
+            return Some(i + 1);
+        }
     }
-    out.push_str(rest);
-    out
+    None
 }
 
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
@@ -1280,13 +1003,39 @@ mod tests {
             app_secret = { file = "s.txt" }
         "#;
         let c = Config::from_toml_str(text, dir.path()).unwrap();
-        let secret = |n: &str| match &c.profiles.iter().find(|p| p.name == n).unwrap().signer {
-            Signer::Tiktok(t) => t.app_secret.expose().to_owned(),
-            Signer::Ebay(_) => unreachable!(),
+        // Which secret a profile holds shows in its signature: the HMAC of `/x`, app_key and
+        // timestamp under the expected secret, computed here with the hmac crate directly.
+        let signature = |n: &str| {
+            let profile = c.profiles.iter().find(|p| p.name == n).unwrap();
+            let head = crate::signing::RequestHead {
+                method: http::Method::GET,
+                authority: "open-api.tiktokglobalshop.com".into(),
+                path_and_query: "/x".into(),
+                headers: http::HeaderMap::new(),
+            };
+            let input = crate::marketplace::SignInput {
+                head: &head,
+                body: b"",
+                access_token: None,
+                now: crate::clock::Timestamp::from_secs(1),
+            };
+            let signed = profile.signer.sign(input).unwrap();
+            signed
+                .path_and_query
+                .rsplit("sign=")
+                .next()
+                .unwrap()
+                .to_owned()
         };
-        assert_eq!(secret("lit"), "literal");
-        assert_eq!(secret("env"), "from-env");
-        assert_eq!(secret("file"), "from-file");
+        let expected = |secret: &str| {
+            use hmac::{Hmac, Mac};
+            let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+            mac.update(format!("{secret}/xapp_keyktimestamp1{secret}").as_bytes());
+            hex::encode(mac.finalize().into_bytes())
+        };
+        assert_eq!(signature("lit"), expected("literal"));
+        assert_eq!(signature("env"), expected("from-env"));
+        assert_eq!(signature("file"), expected("from-file"));
     }
 
     #[test]
@@ -1335,23 +1084,18 @@ mod tests {
             "client_id = \"id\"\nclient_secret = \"cs\"\nhosts = [\"api.sandbox.ebay.com\"]\n",
         ))
         .unwrap();
+        // The endpoint is the marketplace's business; what config shows of it is its seed,
+        // which names the token URL (sandbox for sandbox-only profiles).
         match &ok.profiles[0].token {
-            TokenSource::EbayOAuth {
-                token_url,
-                refresh_token,
-                ..
-            } => {
-                assert_eq!(
-                    token_url, EBAY_SANDBOX_TOKEN_URL,
-                    "sandbox-only profiles get sandbox tokens"
-                );
-                assert!(refresh_token.is_none());
+            TokenSource::Managed(endpoint) => {
+                assert_eq!(endpoint.describe(), "managed application access tokens");
+                assert!(format!("{endpoint:?}").contains("api.sandbox.ebay.com/identity"));
             }
             other => panic!("{other:?}"),
         }
         let prod = parse(&ebay("client_id = \"id\"\nclient_secret = \"cs\"\n")).unwrap();
         assert!(
-            matches!(&prod.profiles[0].token, TokenSource::EbayOAuth { token_url, .. } if token_url == EBAY_PRODUCTION_TOKEN_URL)
+            matches!(&prod.profiles[0].token, TokenSource::Managed(e) if format!("{e:?}").contains("\"https://api.ebay.com/identity/v1/oauth2/token\""))
         );
     }
 
@@ -1548,7 +1292,8 @@ mod tests {
         let e = parse("[tiktok]\napp_secret=\"supersecret-xyz\"\napp_key=\"k\"\n").unwrap_err();
         assert!(!format!("{e} {e:?}").contains("supersecret-xyz"), "{e}");
         assert!(
-            e.to_string().contains("invalid type: string, expected"),
+            e.to_string()
+                .contains(": is not a profile table: put the profile's keys under [tiktok.NAME]"),
             "{e}"
         );
         assert_eq!(

@@ -2,36 +2,53 @@
 //!
 //! # Layout
 //!
-//! - [`admin`]: the operator's port: `/healthz`, `/readyz`, `/metrics`.
-//! - [`ca`]: the local CA for HTTPS interception and its per-host leaf certificates.
-//! - [`cli`]: the `signproxy` subcommands (`run`, `check`, `sign`, `ca`, `health`); `main.rs` only calls it.
-//! - [`logging`]: log output setup (`[log] format` and `level`).
-//! - [`metrics`]: the Prometheus metrics the proxy keeps.
-//! - [`config`]: the TOML schema, secret references and validation, producing a typed [`config::Config`].
-//! - [`secret`]: [`secret::Secret`], a credential that never prints itself.
-//! - [`sign`]: pure signers (TikTok Shop HMAC, eBay RFC 9421) and key loading; no sockets, no clock.
+//! From the bottom up; each layer uses only the ones above it in this list (no cycles).
+//!
+//! - [`clock`]: time as it is passed in: the [`clock::Clock`] trait and [`clock::Timestamp`] (ms).
+//! - [`secret`]: [`secret::Secret`], a credential that never prints itself, and
+//!   [`secret::SecretRef`], where the config says one comes from.
+//! - [`host`]: host patterns (`api.example.com`, `*.example.com`; never an address).
+//! - [`signing`]: the primitives every signer shares: [`signing::RequestHead`], [`signing::SignError`].
+//! - [`marketplace`]: the seam: the `Marketplace`, `Sign` and `TokenEndpoint` traits and
+//!   `MARKETPLACES`, the one list; one folder per marketplace (`tiktok/`, `ebay/`) with its
+//!   config table, pure signer and OAuth. Nothing outside a folder names its marketplace.
+//! - [`egress`]: the SSRF guard for non-profile destinations: address classes,
+//!   `[proxy] allow_networks`, resolve once and dial only checked addresses.
 //! - [`state_dir`]: files holding secrets: the state folder created 0700, and warnings (with the
 //!   `chmod` fix) for secret files that group or others can read.
-//! - [`route`]: host (+ `x-signproxy-profile`) → profile, or passthrough, or refusal.
-//! - [`proxy`]: the server: live state and reload, accept loop, limits and shutdown, the canonical log line, absolute-form forwarding, CONNECT, and the
+//! - [`config`]: the TOML file → a typed [`config::Config`]; marketplace tables become profiles
+//!   through the registry; errors name the file, the key and the fix.
+//! - [`route`]: host + port (+ `x-signproxy-profile`, + proxy client) → profile, passthrough or
+//!   refusal.
+//! - [`request`]: client request → upstream head (hop-by-hop hygiene, Host, Content-Length).
+//! - [`upstream`]: the pooled rustls clients (marketplace, and passthrough behind the guard).
+//! - [`token`]: access-token lifecycle over a `TokenEndpoint`: static or managed (refresh,
+//!   persist, retry on expiry).
+//! - [`ca`]: the local CA for HTTPS interception and its per-host leaf certificates.
+//! - [`metrics`]: the Prometheus metrics the proxy keeps.
+//! - [`proxy`]: the server: live state and reload, admission (auth, head limits), accept loop,
+//!   limits and shutdown, the canonical log line, absolute-form forwarding, CONNECT, and the
 //!   single place where errors become HTTP responses.
-//! - [`request`]: client request → upstream head (hop-by-hop hygiene, Host, Content-Length), then signing.
-//! - [`token`]: access-token lifecycle: static or managed (refresh, persist, retry on expiry).
-//! - [`upstream`]: the pooled rustls client that talks to the marketplaces.
-//! - [`egress`]: the SSRF guard for non-profile destinations: address classes, `[proxy] allow_networks`, resolve once and dial only checked addresses.
+//! - [`admin`]: the operator's port: `/healthz`, `/readyz`, `/metrics`.
+//! - [`logging`]: log output setup (`[log] format` and `level`).
+//! - [`cli`]: the `signproxy` subcommands (`run`, `check`, `sign`, `ca`, `health`); `main.rs`
+//!   only calls it.
 
 pub mod admin;
 pub mod ca;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod egress;
+pub mod host;
 pub mod logging;
+pub mod marketplace;
 pub mod metrics;
 pub mod proxy;
 pub mod request;
 pub mod route;
 pub mod secret;
-pub mod sign;
+pub mod signing;
 pub mod state_dir;
 pub mod token;
 pub mod upstream;

@@ -6,7 +6,7 @@ use http::header::{self, HeaderName};
 use http::{HeaderMap, HeaderValue, Method};
 
 use crate::route::PROFILE_HEADER;
-use crate::sign::{RequestHead, SignError};
+use crate::signing::{RequestHead, SignError};
 
 /// Headers that describe one hop, not the request (RFC 9110 §7.6.1), plus the proxy's own.
 const HOP_BY_HOP: [&str; 9] = [
@@ -68,10 +68,12 @@ pub fn prepare_head(
     if body_len > 0 || announced_body {
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body_len));
     }
-    let path_and_query = if path_and_query.is_empty() {
-        "/".to_owned()
-    } else {
+    // HTTP/1.1 sends an empty path as `/` (`https://host?q=1` is `GET /?q=1`), and the
+    // marketplace verifies what it received: sign that.
+    let path_and_query = if path_and_query.starts_with('/') {
         path_and_query
+    } else {
+        format!("/{path_and_query}")
     };
     Ok(RequestHead {
         method,
@@ -79,14 +81,6 @@ pub fn prepare_head(
         path_and_query,
         headers,
     })
-}
-
-/// Seconds since the Unix epoch. The only clock read on the signing path.
-pub fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -128,5 +122,14 @@ mod tests {
         .unwrap();
         assert!(!get.headers.contains_key("content-length"));
         assert_eq!(get.path_and_query, "/");
+        let query_only = prepare_head(
+            Method::GET,
+            "a.example".into(),
+            "?page_size=20".into(),
+            HeaderMap::new(),
+            0,
+        )
+        .unwrap();
+        assert_eq!(query_only.path_and_query, "/?page_size=20");
     }
 }

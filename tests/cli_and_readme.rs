@@ -343,3 +343,27 @@ fn docker_config_is_valid_and_health_finds_its_admin_port() {
     assert!(dockerfile.contains("COPY docker/signproxy.toml /etc/signproxy/signproxy.toml"));
     assert!(dockerfile.contains("USER 10001:10001"));
 }
+
+/// `sign` prints the `/` that HTTP/1.1 sends for an empty path, and signs over it.
+#[test]
+fn sign_prints_the_slash_of_an_empty_path() {
+    let out = signproxy(&[
+        "sign",
+        "--config",
+        "config/signproxy.example.toml",
+        "--now",
+        "1623812664",
+        "GET",
+        "https://open-api.tiktokglobalshop.com?page_size=20",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let first = stdout(&out).lines().next().unwrap_or_default().to_owned();
+    assert!(
+        first.starts_with("GET https://open-api.tiktokglobalshop.com/?page_size=20&app_key=29a39d&timestamp=1623812664&sign="),
+        "{first}"
+    );
+}

@@ -61,7 +61,10 @@ async fn get_is_signed_upgraded_to_tls_and_echoed() {
     assert_eq!(r.path(), "/authorization/202309/shops");
     assert_eq!(r.query_param("app_key").as_deref(), Some(TIKTOK_APP_KEY));
     let ts: u64 = r.query_param("timestamp").unwrap().parse().unwrap();
-    let now = signproxy::request::unix_now();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
     assert!(
         ts.abs_diff(now) < 60,
         "timestamp {ts} is seconds, near now {now}"
@@ -536,4 +539,47 @@ async fn curl_get_and_post_through_http_proxy() {
     let r = upstream.last_request();
     assert_signed(&r);
     assert_eq!(r.body, body.as_bytes());
+}
+
+/// `https://host?page_size=20` has an empty path; HTTP/1.1 sends `/`, so that is what is signed
+/// (the upstream's own verifier checks it).
+#[tokio::test]
+async fn an_empty_path_with_a_query_is_signed_over_slash() {
+    let (_ca, upstream, proxy) = setup().await;
+    let raw = raw_exchange(
+        proxy.addr,
+        format!(
+            "GET http://{HOST}?page_size=20 HTTP/1.1\r\nHost: {HOST}\r\nconnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+        Duration::from_secs(5),
+    )
+    .await;
+    let (status, _, body) = parse_raw_response(&raw);
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let r = upstream.last_request();
+    assert_eq!(r.path(), "/");
+    assert_eq!(r.query_param("page_size").as_deref(), Some("20"));
+    assert_signed(&r);
+}
+
+/// A percent-escape that does not decode to UTF-8 is refused, naming the parameter, and nothing
+/// is sent: TikTok's handling of it is undocumented.
+#[tokio::test]
+async fn a_query_that_is_not_utf8_is_refused_before_anything_is_sent() {
+    let (_ca, upstream, proxy) = setup().await;
+    let raw = raw_exchange(
+        proxy.addr,
+        format!(
+            "GET http://{HOST}/api/x?a=%C3 HTTP/1.1\r\nHost: {HOST}\r\nconnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+        Duration::from_secs(5),
+    )
+    .await;
+    let (status, headers, body) = parse_raw_response(&raw);
+    assert_eq!(status, 400);
+    assert!(headers.contains(&("x-signproxy-error".into(), "bad_request".into())));
+    assert!(String::from_utf8_lossy(&body).contains("`a`"));
+    assert!(upstream.requests().is_empty());
 }

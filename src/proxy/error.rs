@@ -7,7 +7,7 @@ use http::{header, HeaderValue, Response, StatusCode};
 use super::{full_body, ProxyBody};
 use crate::egress::EgressDenied;
 use crate::route::RouteError;
-use crate::sign::SignError;
+use crate::signing::SignError;
 
 pub const ERROR_HEADER: &str = "x-signproxy-error";
 

@@ -20,12 +20,13 @@ use super::admission::Client;
 use super::{ProxyBody, ProxyError, RequestLog, State, BUFFER_PERMIT_BYTES};
 
 use crate::config::{Profile, ProxyClient};
-use crate::request::{prepare_head, strip_hop_by_hop, unix_now};
+use crate::marketplace::{SignInput, TokenNeed};
+use crate::request::{prepare_head, strip_hop_by_hop};
 use crate::route::{
     named_port, normalize_host, route, signed_port, Destination, Route, PROFILE_HEADER,
 };
 use crate::secret::Secret;
-use crate::sign::{https_authority, RequestHead};
+use crate::signing::{https_authority, RequestHead};
 use crate::token::{TokenError, TokenSource};
 use crate::upstream::{BoxError, UpstreamBody, UpstreamError};
 
@@ -151,10 +152,11 @@ async fn forward_signed(
         parts.headers,
         body.len(),
     )?;
-    let token = if may_carry_token && profile.signer.wants_access_token(&head) {
+    let needs_token = profile.signer.token_need(&head) == TokenNeed::AccessToken;
+    let token = if may_carry_token && needs_token {
         state
             .tokens
-            .token(profile, unix_now())
+            .token(profile, state.clock.now())
             .await
             .map_err(|e| token_unavailable(state, e))?
     } else {
@@ -177,7 +179,7 @@ async fn forward_signed(
     );
     let fresh = state
         .tokens
-        .refresh_after_rejection(profile, &used, unix_now())
+        .refresh_after_rejection(profile, &used, state.clock.now())
         .await
         .map_err(|e| token_unavailable(state, e))?;
     sign_and_send(state, profile, head, &body, Some(&fresh), log).await
@@ -198,15 +200,17 @@ async fn sign_and_send(
     token: Option<&Secret>,
     log: &mut RequestLog,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    let signed = profile
-        .signer
-        .sign(head, body, token, unix_now())
-        .map_err(|e| {
-            let e = ProxyError::from(e);
-            state.metrics.signing_failure(e.code());
-            e
-        })?;
-    let head = signed.head;
+    let input = SignInput {
+        head: &head,
+        body,
+        access_token: token,
+        now: state.clock.now(),
+    };
+    let head = profile.signer.sign(input).map_err(|e| {
+        let e = ProxyError::from(e);
+        state.metrics.signing_failure(e.code());
+        e
+    })?;
     let uri = upstream_uri("https", &head.authority, &head.path_and_query)?;
     let mut upstream_req = Request::new(
         Full::new(body.clone())
@@ -276,7 +280,7 @@ async fn answer_says_token_expired(
         }
     }
     let expired = decoded(&encoding, &data)
-        .is_some_and(|answer| source.is_expired_answer(parts.status.as_u16(), &answer));
+        .is_some_and(|answer| source.is_expired_answer(parts.status, &answer));
     let replay = Replay {
         read,
         rest: body,

@@ -29,6 +29,7 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::ca::{CaError, CertificateAuthority};
+use crate::clock::{self, SharedClock};
 use crate::config::Config;
 use crate::egress::EgressPolicy;
 use crate::metrics::Metrics;
@@ -63,6 +64,8 @@ pub struct State {
     /// Request-body bytes buffered across all requests, in KiB permits (`max_buffered_bytes`);
     /// shared across reloads, like the connection slots.
     pub buffer_budget: Arc<Semaphore>,
+    /// Where signing and token expiry read the time.
+    pub clock: SharedClock,
 }
 
 /// One permit of [`State::buffer_budget`] stands for this many bytes.
@@ -76,6 +79,7 @@ impl State {
         metrics: &Arc<Metrics>,
         previous: Option<&State>,
         own_addresses: &[SocketAddr],
+        clock: SharedClock,
     ) -> Result<State, ServeError> {
         let egress = EgressPolicy {
             allow_networks: config.proxy.allow_networks.clone(),
@@ -106,6 +110,7 @@ impl State {
             upstream.clone(),
             Arc::clone(metrics),
             previous.map(|p| &p.tokens),
+            clock.now(),
         )?;
         for warning in warnings {
             tracing::error!("{warning}");
@@ -128,6 +133,7 @@ impl State {
             config,
             metrics: Arc::clone(metrics),
             buffer_budget,
+            clock,
         })
     }
 }
@@ -159,7 +165,17 @@ impl Proxy {
         metrics: Arc<Metrics>,
         own_addresses: Vec<SocketAddr>,
     ) -> Result<Proxy, ServeError> {
-        let state = State::build(config, &metrics, None, &own_addresses)?;
+        Self::with_clock(config, metrics, own_addresses, clock::system())
+    }
+
+    /// Like [`Proxy::new`], reading time from `clock` (tests move a manual one).
+    pub fn with_clock(
+        config: Arc<Config>,
+        metrics: Arc<Metrics>,
+        own_addresses: Vec<SocketAddr>,
+        clock: SharedClock,
+    ) -> Result<Proxy, ServeError> {
+        let state = State::build(config, &metrics, None, &own_addresses, clock)?;
         Ok(Proxy {
             current: Arc::new(RwLock::new(Arc::new(state))),
             metrics,
@@ -181,7 +197,13 @@ impl Proxy {
     /// notes on settings that only take effect at start.
     pub fn reload(&self, config: Arc<Config>) -> Result<Vec<String>, ServeError> {
         let old = self.state();
-        let state = State::build(config, &self.metrics, Some(&old), &self.own_addresses)?;
+        let state = State::build(
+            config,
+            &self.metrics,
+            Some(&old),
+            &self.own_addresses,
+            Arc::clone(&old.clock),
+        )?;
         let notes = restart_only_changes(&old.config, &state.config);
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(state);
         Ok(notes)

@@ -3,115 +3,32 @@
 //! time per profile, a cooldown after failures), persists them before use, and never hands out a
 //! token past its expiry.
 
-pub mod endpoint;
 pub mod store;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
-use sha2::{Digest, Sha256};
 
+use crate::clock::Timestamp;
 use crate::config::{Config, Profile};
+use crate::marketplace::TokenEndpoint;
+pub use crate::marketplace::TokenSource;
 use crate::metrics::{Metrics, Outcome};
 use crate::secret::Secret;
 use crate::upstream::{BoxError, Upstream};
-use endpoint::{ebay_token_request, parse_ebay_grant, parse_tiktok_grant, tiktok_refresh_request};
-pub use endpoint::{EBAY_PRODUCTION_TOKEN_URL, EBAY_SANDBOX_TOKEN_URL, TIKTOK_REFRESH_URL};
 use store::{StoredProfile, TokenStore};
 
 /// Refresh this long before expiry at most (less for short-lived tokens: half their lifetime).
 const REFRESH_MARGIN_SECS: u64 = 300;
 /// Up to this much extra, at random, so that many proxies do not refresh in the same second.
 const REFRESH_JITTER_SECS: u64 = 60;
-const COOLDOWN_FIRST: Duration = Duration::from_secs(1);
-const COOLDOWN_MAX: Duration = Duration::from_secs(60);
+/// After a failed refresh, wait this long before the next attempt, doubling up to the maximum.
+const COOLDOWN_FIRST_MS: u64 = 1_000;
+const COOLDOWN_MAX_MS: u64 = 60_000;
 /// Token endpoint answers are small; anything bigger is not a grant.
 const MAX_GRANT_BYTES: usize = 1 << 20;
-
-/// Where a profile's access token comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TokenSource {
-    None,
-    /// A token in the config, used as is.
-    Static(Secret),
-    /// TikTok Shop: refresh-token grants against auth.tiktok-shops.com (refresh tokens rotate).
-    TiktokRefresh {
-        app_key: String,
-        app_secret: Secret,
-        refresh_token: Secret,
-    },
-    /// eBay OAuth: the refresh-token grant (user token) or client credentials (application token).
-    EbayOAuth {
-        client_id: String,
-        client_secret: Secret,
-        refresh_token: Option<Secret>,
-        scopes: Vec<String>,
-        token_url: String,
-    },
-}
-
-impl TokenSource {
-    pub fn is_managed(&self) -> bool {
-        matches!(
-            self,
-            TokenSource::TiktokRefresh { .. } | TokenSource::EbayOAuth { .. }
-        )
-    }
-
-    /// Whether an API answer means "this access token has expired" for this marketplace.
-    pub fn is_expired_answer(&self, status: u16, body: &[u8]) -> bool {
-        match self {
-            TokenSource::TiktokRefresh { .. } => endpoint::tiktok_token_expired(body),
-            TokenSource::EbayOAuth { .. } => endpoint::ebay_token_expired(status, body),
-            TokenSource::None | TokenSource::Static(_) => false,
-        }
-    }
-
-    /// A fingerprint of the configured credential that stored state descends from: when the
-    /// config changes (a new authorization), stored tokens no longer apply.
-    fn seed(&self) -> String {
-        let mut hash = Sha256::new();
-        match self {
-            TokenSource::TiktokRefresh {
-                app_key,
-                refresh_token,
-                ..
-            } => {
-                hash.update(b"tiktok\0");
-                hash.update(app_key.as_bytes());
-                hash.update(b"\0");
-                hash.update(refresh_token.expose().as_bytes());
-            }
-            TokenSource::EbayOAuth {
-                client_id,
-                refresh_token,
-                scopes,
-                token_url,
-                ..
-            } => {
-                hash.update(b"ebay\0");
-                hash.update(client_id.as_bytes());
-                hash.update(b"\0");
-                hash.update(
-                    refresh_token
-                        .as_ref()
-                        .map(|t| t.expose())
-                        .unwrap_or("")
-                        .as_bytes(),
-                );
-                hash.update(b"\0");
-                hash.update(scopes.join(" ").as_bytes());
-                hash.update(b"\0");
-                hash.update(token_url.as_bytes());
-            }
-            TokenSource::None | TokenSource::Static(_) => {}
-        }
-        hex::encode(&hash.finalize()[..12])
-    }
-}
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum TokenError {
@@ -136,13 +53,15 @@ struct EntryState {
     refresh_token: Option<Secret>,
     refresh_expires_at: Option<u64>,
     failures: u32,
-    cooldown_until: Option<Instant>,
+    /// No refresh before this (the clock's time): the backoff after failures.
+    cooldown_until: Option<Timestamp>,
     last_error: Option<String>,
 }
 
 struct Entry {
     name: String,
     source: TokenSource,
+    endpoint: Arc<dyn TokenEndpoint>,
     seed: String,
     state: Mutex<EntryState>,
     /// Serializes refreshes: concurrent requests wait for the one in flight.
@@ -154,12 +73,18 @@ impl Entry {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn valid_access(&self, now: u64) -> Option<Access> {
-        self.lock().access.clone().filter(|a| now < a.expires_at)
+    fn valid_access(&self, now: Timestamp) -> Option<Access> {
+        self.lock()
+            .access
+            .clone()
+            .filter(|a| now.secs() < a.expires_at)
     }
 
-    fn fresh_access(&self, now: u64) -> Option<Access> {
-        self.lock().access.clone().filter(|a| now < a.refresh_at)
+    fn fresh_access(&self, now: Timestamp) -> Option<Access> {
+        self.lock()
+            .access
+            .clone()
+            .filter(|a| now.secs() < a.refresh_at)
     }
 }
 
@@ -189,6 +114,7 @@ impl TokenManager {
         upstream: Upstream,
         metrics: Arc<Metrics>,
         previous: Option<&TokenManager>,
+        now: Timestamp,
     ) -> Result<(TokenManager, Vec<String>), TokenError> {
         let managed: Vec<&Arc<Profile>> = config
             .profiles
@@ -210,24 +136,23 @@ impl TokenManager {
                 Some(Arc::new(store))
             }
         };
-        let now = crate::request::unix_now();
+        let now = now.secs();
         let mut entries = HashMap::new();
         for profile in managed {
+            let TokenSource::Managed(endpoint) = &profile.token else {
+                continue;
+            };
             let name = profile.qualified_name();
             let carried = previous
                 .and_then(|p| p.entries.get(&name))
-                .filter(|e| e.source == profile.token);
+                .filter(|e| e.source.same_as(&profile.token));
             if let Some(entry) = carried {
                 entries.insert(name, Arc::clone(entry));
                 continue;
             }
-            let seed = profile.token.seed();
+            let seed = endpoint.seed();
             let mut state = EntryState {
-                refresh_token: match &profile.token {
-                    TokenSource::TiktokRefresh { refresh_token, .. } => Some(refresh_token.clone()),
-                    TokenSource::EbayOAuth { refresh_token, .. } => refresh_token.clone(),
-                    _ => None,
-                },
+                refresh_token: endpoint.initial_refresh_token().cloned(),
                 ..EntryState::default()
             };
             // Stored state wins only if it descends from the configured credential.
@@ -258,6 +183,7 @@ impl TokenManager {
                 Arc::new(Entry {
                     name,
                     source: profile.token.clone(),
+                    endpoint: Arc::clone(endpoint),
                     seed,
                     state: Mutex::new(state),
                     refreshing: tokio::sync::Mutex::new(()),
@@ -276,11 +202,15 @@ impl TokenManager {
     }
 
     /// The token to inject for `profile` as of `now`, or `None` when the profile has none.
-    pub async fn token(&self, profile: &Profile, now: u64) -> Result<Option<Secret>, TokenError> {
+    pub async fn token(
+        &self,
+        profile: &Profile,
+        now: Timestamp,
+    ) -> Result<Option<Secret>, TokenError> {
         let entry = match &profile.token {
             TokenSource::None => return Ok(None),
             TokenSource::Static(token) => return Ok(Some(token.clone())),
-            _ => self.entry(profile)?,
+            TokenSource::Managed(_) => self.entry(profile)?,
         };
         if let Some(access) = entry.fresh_access(now) {
             return Ok(Some(access.token));
@@ -305,14 +235,14 @@ impl TokenManager {
         &self,
         profile: &Profile,
         rejected: &Secret,
-        now: u64,
+        now: Timestamp,
     ) -> Result<Secret, TokenError> {
         let entry = self.entry(profile)?;
         let _refreshing = entry.refreshing.lock().await;
         {
             let mut state = entry.lock();
             match &state.access {
-                Some(a) if a.token != *rejected && now < a.expires_at => {
+                Some(a) if a.token != *rejected && now.secs() < a.expires_at => {
                     return Ok(a.token.clone())
                 }
                 // The marketplace says this token is dead, whatever its stated expiry.
@@ -326,7 +256,7 @@ impl TokenManager {
     /// Fetches a token for every managed profile of `config` that holds none valid at `now`
     /// (one refresh per profile at a time, cooldown respected), so that readiness and the first
     /// request need not wait. Failures are recorded for [`TokenManager::status`].
-    pub async fn obtain_missing(&self, config: &Config, now: u64) {
+    pub async fn obtain_missing(&self, config: &Config, now: Timestamp) {
         let missing = config
             .profiles
             .iter()
@@ -338,7 +268,8 @@ impl TokenManager {
 
     /// Whether every managed profile holds a token valid at `now`, with a reason per profile
     /// that does not. For readiness checks.
-    pub fn status(&self, now: u64) -> Vec<(String, Result<u64, String>)> {
+    pub fn status(&self, now: Timestamp) -> Vec<(String, Result<u64, String>)> {
+        let now = now.secs();
         let mut out: Vec<(String, Result<u64, String>)> = self
             .entries
             .values()
@@ -371,7 +302,7 @@ impl TokenManager {
 
     /// Refreshes with the entry's refresh lock held; on failure falls back to a still-valid
     /// token, else reports why none is available.
-    async fn refresh_locked(&self, entry: &Entry, now: u64) -> Result<Secret, TokenError> {
+    async fn refresh_locked(&self, entry: &Entry, now: Timestamp) -> Result<Secret, TokenError> {
         let unavailable = |reason: String| TokenError::Unavailable {
             profile: entry.name.clone(),
             reason,
@@ -380,7 +311,7 @@ impl TokenManager {
             let state = entry.lock();
             state
                 .cooldown_until
-                .filter(|until| Instant::now() < *until)
+                .filter(|until| now < *until)
                 .map(|_| state.last_error.clone().unwrap_or_default())
         };
         if let Some(last_error) = cooling {
@@ -394,7 +325,7 @@ impl TokenManager {
                 self.metrics.token_refresh(&entry.name, Outcome::Success);
                 tracing::info!(
                     profile = %entry.name,
-                    expires_in_s = access.expires_at.saturating_sub(now),
+                    expires_in_s = access.expires_at.saturating_sub(now.secs()),
                     "access token refreshed"
                 );
                 Ok(access.token)
@@ -403,10 +334,11 @@ impl TokenManager {
                 self.metrics.token_refresh(&entry.name, Outcome::Failure);
                 let mut state = entry.lock();
                 state.failures = state.failures.saturating_add(1);
-                let backoff = COOLDOWN_FIRST
-                    .saturating_mul(1u32 << state.failures.saturating_sub(1).min(6))
-                    .min(COOLDOWN_MAX);
-                state.cooldown_until = Some(Instant::now() + backoff);
+                let backoff = COOLDOWN_FIRST_MS
+                    .saturating_mul(1u64 << state.failures.saturating_sub(1).min(6))
+                    .min(COOLDOWN_MAX_MS);
+                state.cooldown_until =
+                    Some(Timestamp::from_millis(now.millis().saturating_add(backoff)));
                 state.last_error = Some(reason.clone());
                 drop(state);
                 tracing::warn!(profile = %entry.name, error = %reason, "access token refresh failed");
@@ -419,57 +351,34 @@ impl TokenManager {
     }
 
     /// One call to the token endpoint; the result is persisted before it is used.
-    async fn fetch(&self, entry: &Entry, now: u64) -> Result<Access, String> {
+    async fn fetch(&self, entry: &Entry, now: Timestamp) -> Result<Access, String> {
         let refresh_token = entry.lock().refresh_token.clone();
-        let request = match &entry.source {
-            TokenSource::TiktokRefresh {
-                app_key,
-                app_secret,
-                ..
-            } => {
-                let rt = refresh_token.ok_or("no refresh token")?;
-                tiktok_refresh_request(TIKTOK_REFRESH_URL, app_key, app_secret, &rt)
-            }
-            TokenSource::EbayOAuth {
-                client_id,
-                client_secret,
-                scopes,
-                token_url,
-                ..
-            } => ebay_token_request(
-                token_url,
-                client_id,
-                client_secret,
-                refresh_token.as_ref(),
-                scopes,
-            ),
-            TokenSource::None | TokenSource::Static(_) => {
-                return Err("the profile has no token endpoint".to_owned())
-            }
-        }
-        .map_err(|e| e.to_string())?;
+        let request = entry
+            .endpoint
+            .grant_request(refresh_token.as_ref(), now)
+            .map_err(|e| e.to_string())?;
         let request = request.map(|body: Bytes| {
             Full::new(body)
                 .map_err(|never| -> BoxError { match never {} })
                 .boxed()
         });
-        // Never log the request: TikTok's carries the app secret in its URL.
+        // Never log the request: a grant request may carry the app secret, even in its URL.
         let response = self
             .upstream
             .send(request)
             .await
             .map_err(|e| format!("the token endpoint could not be reached: {e}"))?;
-        let status = response.status().as_u16();
+        let status = response.status();
         let body = Limited::new(response.into_body(), MAX_GRANT_BYTES)
             .collect()
             .await
             .map_err(|e| format!("reading the token endpoint's answer failed: {e}"))?
             .to_bytes();
-        let grant = match &entry.source {
-            TokenSource::TiktokRefresh { .. } => parse_tiktok_grant(status, &body),
-            _ => parse_ebay_grant(status, &body, now),
-        }
-        .map_err(|e| e.to_string())?;
+        let grant = entry
+            .endpoint
+            .parse_grant(status, &body, now)
+            .map_err(|e| e.to_string())?;
+        let now = now.secs();
         if grant.expires_at <= now {
             return Err(format!(
                 "the token endpoint granted a token that expired already (at {}, now {now}): check the machine's clock",
@@ -550,21 +459,5 @@ mod tests {
             assert!((1012..=1015).contains(&short), "{short}");
         }
         assert_eq!(refresh_at(5, 5), 5);
-    }
-
-    #[test]
-    fn seed_changes_with_the_configured_credential() {
-        let a = TokenSource::TiktokRefresh {
-            app_key: "k".into(),
-            app_secret: Secret::new("s"),
-            refresh_token: Secret::new("rt1"),
-        };
-        let b = TokenSource::TiktokRefresh {
-            app_key: "k".into(),
-            app_secret: Secret::new("s"),
-            refresh_token: Secret::new("rt2"),
-        };
-        assert_ne!(a.seed(), b.seed());
-        assert!(!a.seed().contains("rt1"));
     }
 }

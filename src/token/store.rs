@@ -2,6 +2,7 @@
 //! fsync, rename, fsync of the folder; mode 0600) so a crash leaves the old state or the new one,
 //! never half of either. A corrupt file is set aside with a clear error, never overwritten.
 
+use crate::clock::Clock as _;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -75,7 +76,7 @@ impl TokenStore {
                     };
                     let aside = dir.join(format!(
                         "{FILE_NAME}.corrupt-{}",
-                        crate::request::unix_now()
+                        crate::clock::SystemClock.now().secs()
                     ));
                     std::fs::rename(&path, &aside).map_err(|e| {
                         fail(format!(

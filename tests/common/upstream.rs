@@ -114,7 +114,10 @@ impl Behaviour {
     /// A TikTok Shop token endpoint grant: `access_token` valid for `lifetime` seconds from now,
     /// and a rotated `refresh_token` valid for 30 days.
     pub fn tiktok_grant(access_token: &str, refresh_token: &str, lifetime: u64) -> Behaviour {
-        let now = signproxy::request::unix_now();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
         let body = serde_json::json!({
             "code": 0, "message": "success", "request_id": "t",
             "data": {

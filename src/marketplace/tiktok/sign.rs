@@ -7,8 +7,9 @@ use hmac::{Hmac, Mac};
 use http::{HeaderName, HeaderValue};
 use sha2::Sha256;
 
-use super::{media_type, RequestHead, SignError, Signed};
+use crate::marketplace::{Sign, SignInput, TokenNeed};
 use crate::secret::Secret;
+use crate::signing::{media_type, RequestHead, SignError};
 
 /// Query parameters the proxy owns: whatever the client sent under these names is replaced.
 const OWNED_PARAMS: [&str; 3] = ["sign", "timestamp", "app_key"];
@@ -25,16 +26,48 @@ pub struct TiktokCredentials {
     pub shop_cipher: Option<String>,
 }
 
-/// Signs `head` + `body` as of `now` (Unix seconds). `access_token` is sent as
-/// `x-tts-access-token` when the request has no such header.
-pub fn sign(
-    mut head: RequestHead,
-    body: &[u8],
+impl Sign for TiktokCredentials {
+    fn scheme(&self) -> String {
+        "TikTok Shop HMAC-SHA256".to_owned()
+    }
+
+    fn token_need(&self, head: &RequestHead) -> TokenNeed {
+        if head.headers.contains_key(ACCESS_TOKEN_HEADER) {
+            TokenNeed::None
+        } else {
+            TokenNeed::AccessToken
+        }
+    }
+
+    fn sign(&self, input: SignInput<'_>) -> Result<RequestHead, SignError> {
+        sign(input, self, false).map(|(head, _)| head)
+    }
+
+    fn explain(&self, input: SignInput<'_>) -> Result<String, SignError> {
+        sign(input, self, true).map(|(_, explanation)| explanation.unwrap_or_default())
+    }
+}
+
+/// Signs as of `input.now`; `access_token` is sent as `x-tts-access-token` when the request has
+/// no such header. The string to sign is built once; the explanation only when `explain`.
+fn sign(
+    input: SignInput<'_>,
     creds: &TiktokCredentials,
-    access_token: Option<&Secret>,
-    now: u64,
-) -> Result<Signed, SignError> {
-    let path = head.path().to_owned();
+    explain: bool,
+) -> Result<(RequestHead, Option<String>), SignError> {
+    let SignInput {
+        head,
+        body,
+        access_token,
+        now,
+    } = input;
+    let mut head = head.clone();
+    let now = now.secs();
+    // HTTP/1.1 sends an empty path as `/`, and that is what the marketplace verifies.
+    let path = match head.path() {
+        "" => "/".to_owned(),
+        path => path.to_owned(),
+    };
     let raw_query = head.query().unwrap_or("").to_owned();
 
     // Keep the client's own parameters byte for byte (minus the ones we own) so that
@@ -45,7 +78,7 @@ pub fn sign(
     // (well within hyper's head limit) cost minutes of CPU.
     let mut seen: HashSet<String> = HashSet::new();
     for pair in raw_query.split('&').filter(|p| !p.is_empty()) {
-        let (key, value) = decode_pair(pair);
+        let (key, value) = decode_pair(pair)?;
         if OWNED_PARAMS.contains(&key.as_str()) {
             continue;
         }
@@ -105,22 +138,35 @@ pub fn sign(
         }
     }
 
-    let explanation = explain(&path, &params, body, include_body);
-    Ok(Signed { head, explanation })
+    let explanation =
+        explain.then(|| explanation(&string_to_sign, &params, body.len(), include_body));
+    Ok((head, explanation))
 }
 
-/// Whether signing would inject an access token (the request carries none of its own).
-pub fn wants_access_token(head: &RequestHead) -> bool {
-    !head.headers.contains_key(ACCESS_TOKEN_HEADER)
-}
-
-/// Decodes one `key=value` pair the way the server does: `%XX` decoded, `+` is a space.
-fn decode_pair(pair: &str) -> (String, String) {
-    // form_urlencoded::parse splits on '&' itself; a single pair yields at most one item.
-    form_urlencoded::parse(pair.as_bytes())
-        .next()
-        .map(|(k, v)| (k.into_owned(), v.into_owned()))
-        .unwrap_or_default()
+/// Decodes one `key=value` pair the way the server does: `%XX` decoded, `+` is a space. A pair
+/// that does not decode to UTF-8 is refused: how TikTok treats it is undocumented, and signing a
+/// replacement character would be signing something other than what is sent.
+fn decode_pair(pair: &str) -> Result<(String, String), SignError> {
+    let (raw_key, raw_value) = pair.split_once('=').unwrap_or((pair, ""));
+    let decode = |raw: &str| {
+        let spaced = raw.replace('+', " ");
+        percent_encoding::percent_decode_str(&spaced)
+            .decode_utf8()
+            .map(std::borrow::Cow::into_owned)
+    };
+    let key = decode(raw_key).map_err(|_| {
+        SignError::BadRequest(format!(
+            "query parameter `{raw_key}` does not percent-decode to UTF-8: TikTok Shop signs \
+             decoded text, so encode the name as UTF-8 (e.g. `%C3%A9` for é)"
+        ))
+    })?;
+    let value = decode(raw_value).map_err(|_| {
+        SignError::BadRequest(format!(
+            "the value of query parameter `{key}` does not percent-decode to UTF-8: TikTok Shop \
+             signs decoded text, so encode it as UTF-8 (e.g. `%C3%A9` for é)"
+        ))
+    })?;
+    Ok((key, value))
 }
 
 fn sorted_params(params: &[(String, String)]) -> Vec<&(String, String)> {
@@ -158,11 +204,16 @@ pub fn hmac_hex(secret: &str, string_to_sign: &[u8]) -> String {
     hex::encode(mac.finalize().into_bytes())
 }
 
-fn explain(path: &str, params: &[(String, String)], body: &[u8], include_body: bool) -> String {
-    let inner = string_to_sign(path, params, if include_body { body } else { &[] });
+/// `inner` is the string to sign as built for the signature (with the body when signed).
+fn explanation(
+    inner: &[u8],
+    params: &[(String, String)],
+    body_len: usize,
+    include_body: bool,
+) -> String {
     let mut out = String::from("TikTok Shop string to sign (app_secret masked):\n");
     out.push_str("<app_secret>");
-    out.push_str(&String::from_utf8_lossy(&inner));
+    out.push_str(&String::from_utf8_lossy(inner));
     out.push_str("<app_secret>\n");
     let keys: Vec<&str> = sorted_params(params)
         .iter()
@@ -172,7 +223,7 @@ fn explain(path: &str, params: &[(String, String)], body: &[u8], include_body: b
         "signed params (byte-wise sorted, decoded): {}\n",
         keys.join(", ")
     ));
-    out.push_str(&match (include_body, body.len()) {
+    out.push_str(&match (include_body, body_len) {
         (false, _) => "body: not signed (multipart/form-data)".to_owned(),
         (true, 0) => "body: empty".to_owned(),
         (true, n) => format!("body: {n} bytes, signed exactly as sent"),
@@ -183,6 +234,7 @@ fn explain(path: &str, params: &[(String, String)], body: &[u8], include_body: b
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::Timestamp;
     use http::{HeaderMap, Method};
 
     fn creds(secret: &str, key: &str) -> TiktokCredentials {
@@ -207,6 +259,33 @@ mod tests {
             path_and_query: pq.into(),
             headers: map,
         }
+    }
+
+    /// A signed head and its explanation, as the two trait methods give them.
+    #[derive(Debug)]
+    struct Signed {
+        head: RequestHead,
+        explanation: String,
+    }
+
+    /// Signs through the [`Sign`] trait (what the proxy and `sign` call), as of `now` seconds.
+    fn sign(
+        head: RequestHead,
+        body: &[u8],
+        creds: &TiktokCredentials,
+        access_token: Option<&Secret>,
+        now: u64,
+    ) -> Result<Signed, SignError> {
+        let input = SignInput {
+            head: &head,
+            body,
+            access_token,
+            now: Timestamp::from_secs(now),
+        };
+        Ok(Signed {
+            head: creds.sign(input)?,
+            explanation: creds.explain(input)?,
+        })
     }
 
     fn query_param(signed: &Signed, key: &str) -> Option<String> {
@@ -564,5 +643,63 @@ mod tests {
         )
         .unwrap();
         assert_ne!(sign_of(&a), sign_of(&b));
+    }
+
+    /// `https://host?page_size=20` goes out as `GET /?page_size=20`: the signature must cover `/`.
+    #[test]
+    fn an_empty_path_is_signed_as_slash() {
+        let s = sign(
+            head(Method::GET, "?page_size=20", &[]),
+            b"",
+            &creds("secret", "key"),
+            None,
+            7,
+        )
+        .unwrap();
+        assert!(
+            s.head.path_and_query.starts_with("/?page_size=20&"),
+            "{}",
+            s.head.path_and_query
+        );
+        let inner = "/app_keykeypage_size20timestamp7";
+        let mut mac = Hmac::<Sha256>::new_from_slice(b"secret").unwrap();
+        mac.update(format!("secret{inner}secret").as_bytes());
+        assert_eq!(sign_of(&s), hex::encode(mac.finalize().into_bytes()));
+        assert!(
+            s.explanation.contains("<app_secret>/app_key"),
+            "{}",
+            s.explanation
+        );
+    }
+
+    /// `%C3` alone is not UTF-8: refused with the parameter's name rather than signed as U+FFFD.
+    #[test]
+    fn a_query_that_is_not_utf8_is_refused_naming_the_parameter() {
+        for (query, named) in [
+            ("/p?a=%C3", "`a`"),
+            ("/p?%FFkey=1", "`%FFkey`"),
+            ("/p?ok=1&b=%E2%82", "`b`"),
+        ] {
+            let e = sign(
+                head(Method::GET, query, &[]),
+                b"",
+                &creds("s", "k"),
+                None,
+                1,
+            )
+            .unwrap_err();
+            assert!(matches!(e, SignError::BadRequest(_)), "{query}");
+            assert!(e.to_string().contains(named), "{query}: {e}");
+        }
+        // Valid multi-byte UTF-8 still signs, decoded.
+        let s = sign(
+            head(Method::GET, "/p?n=%C3%A9", &[]),
+            b"",
+            &creds("s", "k"),
+            None,
+            1,
+        )
+        .unwrap();
+        assert!(s.explanation.contains("n\u{e9}"), "{}", s.explanation);
     }
 }

@@ -1,113 +1,87 @@
-//! Marketplace token endpoints as pure protocol: the refresh request to send, the grant parsed
-//! from the answer, and recognising an API's "access token expired" answer. No I/O.
+//! eBay OAuth as pure protocol: the refresh-token grant (user tokens) or client credentials
+//! (application tokens), the answer, and the "access token expired" answer (401, errorId 1001).
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use bytes::Bytes;
-use http::{header, HeaderValue, Method, Request};
+use http::{header, HeaderValue, Method, Request, StatusCode};
 use serde::Deserialize;
 
+use crate::clock::Timestamp;
+use crate::marketplace::{fingerprint, Grant, GrantError, TokenEndpoint};
 use crate::secret::Secret;
 
-pub const TIKTOK_REFRESH_URL: &str = "https://auth.tiktok-shops.com/api/v2/token/refresh";
 pub const EBAY_PRODUCTION_TOKEN_URL: &str = "https://api.ebay.com/identity/v1/oauth2/token";
 pub const EBAY_SANDBOX_TOKEN_URL: &str = "https://api.sandbox.ebay.com/identity/v1/oauth2/token";
 /// What an application token asks for when the profile names no scopes.
 pub const EBAY_DEFAULT_APP_SCOPE: &str = "https://api.ebay.com/oauth/api_scope";
 
-/// A token the marketplace granted. Times are absolute Unix seconds.
-#[derive(Debug, Clone)]
-pub struct Grant {
-    pub access_token: Secret,
-    pub expires_at: u64,
-    /// TikTok rotates refresh tokens: the new one replaces the old.
+/// An eBay profile's managed tokens.
+#[derive(Debug)]
+pub struct EbayOAuth {
+    pub client_id: String,
+    pub client_secret: Secret,
+    /// User tokens by the refresh-token grant; without it, application tokens.
     pub refresh_token: Option<Secret>,
-    pub refresh_expires_at: Option<u64>,
+    pub scopes: Vec<String>,
+    pub token_url: String,
 }
 
-#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
-pub enum GrantError {
-    #[error("the token endpoint refused: {code} {message}{hint}")]
-    Rejected {
-        code: String,
-        message: String,
-        hint: &'static str,
-    },
-    #[error("the token endpoint's answer is not understood (HTTP {status}): {reason}")]
-    Malformed { status: u16, reason: String },
-    #[error("cannot build the token request: {0}")]
-    Request(String),
-}
-
-/// `GET .../token/refresh?app_key&app_secret&refresh_token&grant_type=refresh_token`. The URL
-/// carries the app secret: it must never be logged.
-pub fn tiktok_refresh_request(
-    url: &str,
-    app_key: &str,
-    app_secret: &Secret,
-    refresh_token: &Secret,
-) -> Result<Request<Bytes>, GrantError> {
-    let query = form_urlencoded::Serializer::new(String::new())
-        .append_pair("app_key", app_key)
-        .append_pair("app_secret", app_secret.expose())
-        .append_pair("refresh_token", refresh_token.expose())
-        .append_pair("grant_type", "refresh_token")
-        .finish();
-    Request::builder()
-        .method(Method::GET)
-        .uri(format!("{url}?{query}"))
-        .body(Bytes::new())
-        .map_err(|_| GrantError::Request("the TikTok token URL is not valid".to_owned()))
-}
-
-#[derive(Deserialize)]
-struct TiktokEnvelope {
-    code: i64,
-    #[serde(default)]
-    message: String,
-    data: Option<TiktokTokenData>,
-}
-
-#[derive(Deserialize)]
-struct TiktokTokenData {
-    access_token: String,
-    access_token_expire_in: u64,
-    refresh_token: Option<String>,
-    refresh_token_expire_in: Option<u64>,
-}
-
-/// Parses TikTok's `{"code":0,"data":{...}}`. `*_expire_in` are absolute Unix times.
-pub fn parse_tiktok_grant(status: u16, body: &[u8]) -> Result<Grant, GrantError> {
-    let malformed = |reason: String| GrantError::Malformed { status, reason };
-    let envelope: TiktokEnvelope = serde_json::from_slice(body)
-        .map_err(|e| malformed(format!("not TikTok's JSON envelope ({e})")))?;
-    if envelope.code != 0 {
-        let hint = match envelope.code {
-            36004001 => " (the refresh token has expired: authorize the shop again and put the new refresh_token in the config)",
-            36004004 | 36004005 => " (no valid authorization: authorize the shop again)",
-            _ => "",
-        };
-        return Err(GrantError::Rejected {
-            code: envelope.code.to_string(),
-            message: envelope.message,
-            hint,
-        });
+impl TokenEndpoint for EbayOAuth {
+    fn describe(&self) -> &'static str {
+        match self.refresh_token {
+            Some(_) => "managed user access tokens (refresh token)",
+            None => "managed application access tokens",
+        }
     }
-    let data = envelope
-        .data
-        .ok_or_else(|| malformed("code 0 but no `data`".to_owned()))?;
-    if data.access_token.is_empty() {
-        return Err(malformed("empty access_token".to_owned()));
+
+    fn initial_refresh_token(&self) -> Option<&Secret> {
+        self.refresh_token.as_ref()
     }
-    Ok(Grant {
-        access_token: Secret::new(data.access_token),
-        expires_at: data.access_token_expire_in,
-        refresh_token: data
-            .refresh_token
-            .filter(|t| !t.is_empty())
-            .map(Secret::new),
-        refresh_expires_at: data.refresh_token_expire_in,
-    })
+
+    fn seed(&self) -> String {
+        fingerprint(&[
+            "ebay",
+            &self.client_id,
+            self.refresh_token
+                .as_ref()
+                .map(Secret::expose)
+                .unwrap_or(""),
+            &self.scopes.join(" "),
+            &self.token_url,
+        ])
+    }
+
+    fn config_digest(&self) -> String {
+        fingerprint(&[&self.seed(), self.client_secret.expose()])
+    }
+
+    fn grant_request(
+        &self,
+        refresh: Option<&Secret>,
+        _now: Timestamp,
+    ) -> Result<Request<Bytes>, GrantError> {
+        ebay_token_request(
+            &self.token_url,
+            &self.client_id,
+            &self.client_secret,
+            refresh,
+            &self.scopes,
+        )
+    }
+
+    fn parse_grant(
+        &self,
+        status: StatusCode,
+        body: &[u8],
+        now: Timestamp,
+    ) -> Result<Grant, GrantError> {
+        parse_ebay_grant(status.as_u16(), body, now.secs())
+    }
+
+    fn is_expired_answer(&self, status: StatusCode, body: &[u8]) -> bool {
+        ebay_token_expired(status.as_u16(), body)
+    }
 }
 
 /// `POST /identity/v1/oauth2/token` with Basic client auth and form-encoded values: the refresh
@@ -200,15 +174,6 @@ pub fn parse_ebay_grant(status: u16, body: &[u8], now: u64) -> Result<Grant, Gra
     }
 }
 
-/// TikTok: code 105002 in the JSON envelope (HTTP status is often 200).
-pub fn tiktok_token_expired(body: &[u8]) -> bool {
-    #[derive(Deserialize)]
-    struct Code {
-        code: i64,
-    }
-    serde_json::from_slice::<Code>(body).is_ok_and(|c| c.code == 105002)
-}
-
 /// eBay: HTTP 401 with errorId 1001 ("Invalid access token").
 pub fn ebay_token_expired(status: u16, body: &[u8]) -> bool {
     #[derive(Deserialize)]
@@ -228,50 +193,6 @@ pub fn ebay_token_expired(status: u16, body: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn tiktok_request_carries_form_encoded_values() {
-        let req = tiktok_refresh_request(
-            TIKTOK_REFRESH_URL,
-            "k",
-            &Secret::new("s&x"),
-            &Secret::new("TTP_a+b/c="),
-        )
-        .unwrap();
-        assert_eq!(req.method(), Method::GET);
-        assert_eq!(
-            req.uri().to_string(),
-            "https://auth.tiktok-shops.com/api/v2/token/refresh?app_key=k&app_secret=s%26x&refresh_token=TTP_a%2Bb%2Fc%3D&grant_type=refresh_token"
-        );
-    }
-
-    #[test]
-    fn tiktok_grant_uses_absolute_times_and_rotates_the_refresh_token() {
-        let body = br#"{"code":0,"message":"success","request_id":"r","data":{"access_token":"TTP_new","access_token_expire_in":1660556783,"refresh_token":"TTP_rt2","refresh_token_expire_in":1691487031,"open_id":"o","seller_name":"s","seller_base_region":"US","user_type":0,"granted_scopes":[]}}"#;
-        let g = parse_tiktok_grant(200, body).unwrap();
-        assert_eq!(g.access_token.expose(), "TTP_new");
-        assert_eq!(g.expires_at, 1660556783);
-        assert_eq!(g.refresh_token.unwrap().expose(), "TTP_rt2");
-        assert_eq!(g.refresh_expires_at, Some(1691487031));
-    }
-
-    #[test]
-    fn tiktok_refusal_explains_the_fix() {
-        let e = parse_tiktok_grant(
-            200,
-            br#"{"code":36004001,"message":"refresh token expired","data":null}"#,
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(
-            e.contains("36004001") && e.contains("authorize the shop again"),
-            "{e}"
-        );
-        assert!(matches!(
-            parse_tiktok_grant(502, b"<html>"),
-            Err(GrantError::Malformed { status: 502, .. })
-        ));
-    }
 
     #[test]
     fn ebay_refresh_grant_is_form_encoded_with_basic_auth() {
@@ -334,13 +255,6 @@ mod tests {
 
     #[test]
     fn expired_token_answers_are_recognised_and_nothing_else() {
-        assert!(tiktok_token_expired(
-            br#"{"code":105002,"message":"access token expired"}"#
-        ));
-        assert!(!tiktok_token_expired(
-            br#"{"code":105001,"message":"invalid"}"#
-        ));
-        assert!(!tiktok_token_expired(b"not json"));
         let ebay = br#"{"errors":[{"errorId":1001,"domain":"OAuth","category":"REQUEST","message":"Invalid access token"}]}"#;
         assert!(ebay_token_expired(401, ebay));
         assert!(!ebay_token_expired(403, ebay));

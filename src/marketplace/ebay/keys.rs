@@ -343,24 +343,26 @@ MC4CAQAwBQYDK2VwBCIEIJ+DYvh6SEqVTm50DFtMDoQikTmiCqirVv9mWG9qfSnF
     /// Its public key, SubjectPublicKeyInfo (RFC 9421 B.1.4).
     const ED25519_SPKI: &str = "MCowBQYDK2VwAyEAJrQLj5P/89iXES9+vFgrIy29clF9CC/oPPsw3c5D0bs=";
 
-    const RSA_PKCS8_PEM: &str = include_str!("../../tests/fixtures/ebay/rsa2048-pkcs8.pem");
-    const RSA_PKCS8_B64: &str = include_str!("../../tests/fixtures/ebay/rsa2048-pkcs8.b64");
+    const RSA_PKCS8_PEM: &str = include_str!("../../../tests/fixtures/ebay/rsa2048-pkcs8.pem");
+    const RSA_PKCS8_B64: &str = include_str!("../../../tests/fixtures/ebay/rsa2048-pkcs8.b64");
     const RSA_PKCS8_B64_WRAPPED: &str =
-        include_str!("../../tests/fixtures/ebay/rsa2048-pkcs8-wrapped.b64");
-    const RSA_PKCS1_PEM: &str = include_str!("../../tests/fixtures/ebay/rsa2048-pkcs1.pem");
-    const RSA_PUB_PEM: &str = include_str!("../../tests/fixtures/ebay/rsa2048-pub.pem");
-    const RSA_PUB_PKCS1: &[u8] = include_bytes!("../../tests/fixtures/ebay/rsa2048-pub-pkcs1.der");
-    const RSA_MESSAGE: &[u8] = include_bytes!("../../tests/fixtures/ebay/message.txt");
+        include_str!("../../../tests/fixtures/ebay/rsa2048-pkcs8-wrapped.b64");
+    const RSA_PKCS1_PEM: &str = include_str!("../../../tests/fixtures/ebay/rsa2048-pkcs1.pem");
+    const RSA_PUB_PEM: &str = include_str!("../../../tests/fixtures/ebay/rsa2048-pub.pem");
+    const RSA_PUB_PKCS1: &[u8] =
+        include_bytes!("../../../tests/fixtures/ebay/rsa2048-pub-pkcs1.der");
+    const RSA_MESSAGE: &[u8] = include_bytes!("../../../tests/fixtures/ebay/message.txt");
     /// `openssl dgst -sha256 -sign rsa2048-pkcs8.pem message.txt`.
-    const RSA_OPENSSL_SIG: &[u8] = include_bytes!("../../tests/fixtures/ebay/rsa2048-message.sig");
-    const RSA_PSS_PEM: &str = include_str!("../../tests/fixtures/ebay/rsa-pss-pkcs8.pem");
+    const RSA_OPENSSL_SIG: &[u8] =
+        include_bytes!("../../../tests/fixtures/ebay/rsa2048-message.sig");
+    const RSA_PSS_PEM: &str = include_str!("../../../tests/fixtures/ebay/rsa-pss-pkcs8.pem");
     const RSA_PSS_PUB_PKCS1: &[u8] =
-        include_bytes!("../../tests/fixtures/ebay/rsa-pss-pub-pkcs1.der");
+        include_bytes!("../../../tests/fixtures/ebay/rsa-pss-pub-pkcs1.der");
     const RSA_PSS_PARAMS_PEM: &str =
-        include_str!("../../tests/fixtures/ebay/rsa-pss-sha256-pkcs8.pem");
+        include_str!("../../../tests/fixtures/ebay/rsa-pss-sha256-pkcs8.pem");
     const RSA_PSS_PARAMS_PUB_PKCS1: &[u8] =
-        include_bytes!("../../tests/fixtures/ebay/rsa-pss-sha256-pub-pkcs1.der");
-    const EC_P256_PEM: &str = include_str!("../../tests/fixtures/ebay/ec-p256-pkcs8.pem");
+        include_bytes!("../../../tests/fixtures/ebay/rsa-pss-sha256-pub-pkcs1.der");
+    const EC_P256_PEM: &str = include_str!("../../../tests/fixtures/ebay/ec-p256-pkcs8.pem");
 
     fn ed25519_public_key() -> Vec<u8> {
         let spki = STANDARD.decode(ED25519_SPKI).unwrap();

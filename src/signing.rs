@@ -1,45 +1,7 @@
-//! Pure request signers: (request head, body bytes, credentials, token, now) → signed head plus an
-//! explanation with every secret masked. No I/O and no clock reads happen here.
-
-pub mod ebay;
-pub mod keys;
-pub mod tiktok;
+//! Signing primitives every marketplace shares: the [`RequestHead`] signers take and return,
+//! [`SignError`], and small helpers over heads. No marketplace, no I/O, no clock.
 
 use http::{HeaderMap, Method};
-
-use crate::secret::Secret;
-
-/// A profile's signing scheme and credentials.
-#[derive(Debug, Clone)]
-pub enum Signer {
-    Tiktok(tiktok::TiktokCredentials),
-    Ebay(ebay::EbayCredentials),
-}
-
-impl Signer {
-    /// Signs `head` + `body` as of `now` (Unix seconds), adding `access_token` where the
-    /// marketplace expects it if the request carries none.
-    pub fn sign(
-        &self,
-        head: RequestHead,
-        body: &[u8],
-        access_token: Option<&Secret>,
-        now: u64,
-    ) -> Result<Signed, SignError> {
-        match self {
-            Signer::Tiktok(creds) => tiktok::sign(head, body, creds, access_token, now),
-            Signer::Ebay(creds) => ebay::sign(head, body, creds, access_token, now),
-        }
-    }
-
-    /// Whether [`Signer::sign`] would use an access token for this request.
-    pub fn wants_access_token(&self, head: &RequestHead) -> bool {
-        match self {
-            Signer::Tiktok(_) => tiktok::wants_access_token(head),
-            Signer::Ebay(_) => ebay::wants_access_token(head),
-        }
-    }
-}
 
 /// The head of a request as it will be sent upstream. Signers take one and return the signed one.
 #[derive(Debug, Clone)]
@@ -62,14 +24,6 @@ impl RequestHead {
     pub fn query(&self) -> Option<&str> {
         split_path_query(&self.path_and_query).1
     }
-}
-
-/// A signed request head and the human-readable account of how it was signed.
-#[derive(Debug, Clone)]
-pub struct Signed {
-    pub head: RequestHead,
-    /// The string-to-sign or signature base, secrets masked. Meant for `--explain` and `doctor`.
-    pub explanation: String,
 }
 
 /// Why a request could not be signed. `BadRequest` is the client's to fix (400); `Failed` is ours

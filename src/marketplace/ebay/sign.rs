@@ -9,8 +9,9 @@ use http::HeaderMap;
 use sha2::{Digest as _, Sha256};
 
 use super::keys::PrivateKey;
-use super::{RequestHead, SignError, Signed};
+use crate::marketplace::{Sign, SignInput, TokenNeed};
 use crate::secret::Secret;
+use crate::signing::{RequestHead, SignError};
 
 /// eBay's OAuth endpoint. eBay says not to sign it, and it takes Basic auth, not a token.
 pub const TOKEN_ENDPOINT_PATH: &str = "/identity/v1/oauth2/token";
@@ -77,23 +78,55 @@ enum TokenPlacement {
     NotConfigured,
 }
 
+impl Sign for EbayCredentials {
+    fn scheme(&self) -> String {
+        format!("eBay RFC 9421 ({})", self.key.algorithm())
+    }
+
+    /// Not for the token endpoint, and not when the client brought its own credential.
+    fn token_need(&self, head: &RequestHead) -> TokenNeed {
+        let own_credential =
+            head.headers.contains_key(AUTHORIZATION) || head.headers.contains_key(IAF_TOKEN);
+        if is_token_endpoint(head.path()) || own_credential {
+            TokenNeed::None
+        } else {
+            TokenNeed::AccessToken
+        }
+    }
+
+    fn sign(&self, input: SignInput<'_>) -> Result<RequestHead, SignError> {
+        sign(input, self, false).map(|(head, _)| head)
+    }
+
+    fn explain(&self, input: SignInput<'_>) -> Result<String, SignError> {
+        sign(input, self, true).map(|(_, explanation)| explanation.unwrap_or_default())
+    }
+}
+
 /// Signs an eBay API request: sets `Host`, `Content-Digest` (body only), `x-ebay-signature-key`,
 /// `Signature-Input` and `Signature`, replacing any the client sent, and the access token when the
-/// client sent none. `now` is the Unix time for `created`, read once by the caller.
-pub fn sign(
-    mut head: RequestHead,
-    body: &[u8],
+/// client sent none. `created` is `input.now`, read once by the caller. The explanation is built
+/// only when `explain`.
+fn sign(
+    input: SignInput<'_>,
     creds: &EbayCredentials,
-    access_token: Option<&Secret>,
-    now: u64,
-) -> Result<Signed, SignError> {
+    explain: bool,
+) -> Result<(RequestHead, Option<String>), SignError> {
+    let SignInput {
+        head,
+        body,
+        access_token,
+        now,
+    } = input;
+    let mut head = head.clone();
+    let now = now.secs();
     if is_token_endpoint(head.path()) {
         let explanation = format!(
             "{} {TOKEN_ENDPOINT_PATH} is eBay's OAuth token endpoint: it is not signed and gets \
              no access token (eBay: do not sign the token endpoint)",
             head.method
         );
-        return Ok(Signed { head, explanation });
+        return Ok((head, explain.then_some(explanation)));
     }
 
     let authority = head.authority.to_ascii_lowercase();
@@ -175,6 +208,9 @@ pub fn sign(
     );
     head.authority = authority;
 
+    if !explain {
+        return Ok((head, None));
+    }
     let masked: Vec<(&str, String)> = components
         .into_iter()
         .map(|(name, value)| match name {
@@ -198,15 +234,7 @@ pub fn sign(
     if creds.enforce_signature {
         explanation.push_str("\nx-ebay-enforce-signature: true");
     }
-    Ok(Signed { head, explanation })
-}
-
-/// Whether signing would inject an access token: not for the token endpoint, and not when the
-/// client brought its own credential. Lets the caller skip obtaining one.
-pub fn wants_access_token(head: &RequestHead) -> bool {
-    !is_token_endpoint(head.path())
-        && !head.headers.contains_key(AUTHORIZATION)
-        && !head.headers.contains_key(IAF_TOKEN)
+    Ok((head, Some(explanation)))
 }
 
 fn is_token_endpoint(path: &str) -> bool {
@@ -284,8 +312,9 @@ fn generated(value: &str) -> Result<HeaderValue, SignError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sign::https_authority;
-    use crate::sign::keys::load_private_key;
+    use crate::clock::Timestamp;
+    use crate::marketplace::ebay::keys::load_private_key;
+    use crate::signing::https_authority;
     use http::Method;
     use ring::signature::{
         UnparsedPublicKey, VerificationAlgorithm, ED25519, RSA_PKCS1_2048_8192_SHA256,
@@ -297,8 +326,9 @@ mod tests {
 MC4CAQAwBQYDK2VwBCIEIJ+DYvh6SEqVTm50DFtMDoQikTmiCqirVv9mWG9qfSnF
 -----END PRIVATE KEY-----";
     const ED25519_SPKI: &str = "MCowBQYDK2VwAyEAJrQLj5P/89iXES9+vFgrIy29clF9CC/oPPsw3c5D0bs=";
-    const RSA_PKCS8_PEM: &str = include_str!("../../tests/fixtures/ebay/rsa2048-pkcs8.pem");
-    const RSA_PUB_PKCS1: &[u8] = include_bytes!("../../tests/fixtures/ebay/rsa2048-pub-pkcs1.der");
+    const RSA_PKCS8_PEM: &str = include_str!("../../../tests/fixtures/ebay/rsa2048-pkcs8.pem");
+    const RSA_PUB_PKCS1: &[u8] =
+        include_bytes!("../../../tests/fixtures/ebay/rsa2048-pub-pkcs1.der");
 
     const JWE: &str = "eyJ6aXAiOiJERUYiLCJlbmMiOiJBMjU2R0NNIiwidGFnIjoiSXh2dVRMb0FLS0hlS0Zoa3BxQ05CUSIsImFsZyI6IkEyNTZHQ01LVyIsIml2IjoiaFd3YjNoczk2QzEyOTNucCJ9.2o02pR9SoTF4g_5qRXZm6tF4H52TarilIAKxoVUqjd8.3qaF0KJN-rFHHm_P.AMUAe9PPduew09mANIZ-O_68CCuv6EIx096rm9WyLZnYz5N1WFDQ3jP0RBkbaOtQZHImMSPXIHVaB96RWshLuJsUgCKmTAwkPVCZv3zhLxZVxMXtPUuJ-ppVmPIv0NzznWCOU5Kvb9Xux7ZtnlvLXgwOFEix-BaWNomUAazbsrUCbrp514GIea3butbyxXLNi6R9TJUNh8V2uan-optT1MMyS7eMQnVGL5rYBULk.9K5ucUqAu0DqkkhgubsHHw";
     const BODY: &[u8] = br#"{"hello": "world"}"#;
@@ -323,6 +353,33 @@ MC4CAQAwBQYDK2VwBCIEIJ+DYvh6SEqVTm50DFtMDoQikTmiCqirVv9mWG9qfSnF
     fn ed25519_public_key() -> Vec<u8> {
         let spki = STANDARD.decode(ED25519_SPKI).unwrap();
         spki[spki.len() - 32..].to_vec()
+    }
+
+    /// A signed head and its explanation, as the two trait methods give them.
+    #[derive(Debug)]
+    struct Signed {
+        head: RequestHead,
+        explanation: String,
+    }
+
+    /// Signs through the [`Sign`] trait (what the proxy and `sign` call), as of `now` seconds.
+    fn sign(
+        head: RequestHead,
+        body: &[u8],
+        creds: &EbayCredentials,
+        access_token: Option<&Secret>,
+        now: u64,
+    ) -> Result<Signed, SignError> {
+        let input = SignInput {
+            head: &head,
+            body,
+            access_token,
+            now: Timestamp::from_secs(now),
+        };
+        Ok(Signed {
+            head: creds.sign(input)?,
+            explanation: creds.explain(input)?,
+        })
     }
 
     fn head(method: Method, authority: &str, path_and_query: &str) -> RequestHead {

@@ -1,0 +1,143 @@
+//! eBay: the `[ebay.NAME]` table, its default hosts, RFC 9421 signing with Content-Digest
+//! ([`sign`]), key loading ([`keys`]) and OAuth ([`oauth`]).
+
+pub mod keys;
+pub mod oauth;
+pub mod sign;
+
+use std::sync::Arc;
+
+use serde::Deserialize;
+
+use super::{Marketplace, ProfileContext, ProfileError, ProfileParts, TokenSource};
+use crate::secret::SecretRef;
+use keys::load_private_key;
+use oauth::{EbayOAuth, EBAY_PRODUCTION_TOKEN_URL, EBAY_SANDBOX_TOKEN_URL};
+use sign::EbayCredentials;
+
+/// The registry's eBay.
+pub static EBAY: Ebay = Ebay;
+
+pub struct Ebay;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEbay {
+    private_key: SecretRef,
+    jwe: SecretRef,
+    access_token: Option<SecretRef>,
+    client_id: Option<String>,
+    client_secret: Option<SecretRef>,
+    refresh_token: Option<SecretRef>,
+    scopes: Option<Vec<String>>,
+    token_url: Option<String>,
+    hosts: Option<Vec<String>>,
+    #[serde(default)]
+    enforce_signature: bool,
+}
+
+impl Marketplace for Ebay {
+    fn id(&self) -> &'static str {
+        "ebay"
+    }
+
+    fn default_hosts(&self) -> &'static [&'static str] {
+        &[
+            "api.ebay.com",
+            "apiz.ebay.com",
+            "api.sandbox.ebay.com",
+            "apiz.sandbox.ebay.com",
+        ]
+    }
+
+    fn profile(
+        &self,
+        table: toml::Table,
+        cx: &ProfileContext<'_>,
+    ) -> Result<ProfileParts, ProfileError> {
+        let raw: RawEbay = cx.parse(table)?;
+        let key_text = cx.secret("private_key", &raw.private_key)?;
+        let key = load_private_key(key_text.expose())
+            .map_err(|e| ProfileError::new("private_key", e.to_string()))?;
+        let creds = EbayCredentials {
+            key: Arc::new(key),
+            jwe: cx.secret("jwe", &raw.jwe)?,
+            enforce_signature: raw.enforce_signature,
+        };
+        let hosts = raw
+            .hosts
+            .unwrap_or_else(|| self.default_hosts().iter().map(|h| h.to_string()).collect());
+        let fail = |key: &str, message: &str| ProfileError::new(key, message);
+        let token = match (raw.access_token, raw.client_id, raw.client_secret) {
+            (Some(_), Some(_), _) | (Some(_), _, Some(_)) => {
+                return Err(fail(
+                    "access_token",
+                    "set either access_token (a static token) or client_id + client_secret (signproxy obtains and refreshes tokens), not both",
+                ))
+            }
+            (Some(r), None, None) => TokenSource::Static(cx.secret("access_token", &r)?),
+            (None, Some(client_id), Some(secret)) => {
+                if client_id.trim().is_empty() {
+                    return Err(fail(
+                        "client_id",
+                        "is empty: copy the App ID (Client ID) from eBay's developer portal",
+                    ));
+                }
+                // Sandbox-only profiles get sandbox tokens; anything else talks to production.
+                let sandbox = hosts.iter().all(|h| h.contains(".sandbox."));
+                let default_url = if sandbox {
+                    EBAY_SANDBOX_TOKEN_URL
+                } else {
+                    EBAY_PRODUCTION_TOKEN_URL
+                };
+                let token_url = raw.token_url.unwrap_or_else(|| default_url.to_owned());
+                let https = token_url
+                    .parse::<http::Uri>()
+                    .is_ok_and(|u| u.scheme_str() == Some("https") && u.host().is_some());
+                if !https {
+                    return Err(ProfileError::new(
+                        "token_url",
+                        format!("`{token_url}` is not an https:// URL"),
+                    ));
+                }
+                TokenSource::Managed(Arc::new(EbayOAuth {
+                    client_id,
+                    client_secret: cx.secret("client_secret", &secret)?,
+                    refresh_token: raw
+                        .refresh_token
+                        .map(|r| cx.secret("refresh_token", &r))
+                        .transpose()?,
+                    scopes: raw.scopes.unwrap_or_default(),
+                    token_url,
+                }))
+            }
+            (None, Some(_), None) => {
+                return Err(fail(
+                    "client_secret",
+                    "is missing: client_id needs client_secret",
+                ))
+            }
+            (None, None, Some(_)) => {
+                return Err(fail(
+                    "client_id",
+                    "is missing: client_secret needs client_id",
+                ))
+            }
+            (None, None, None) => {
+                if raw.refresh_token.is_some() || raw.scopes.is_some() || raw.token_url.is_some()
+                {
+                    return Err(fail(
+                        "client_id",
+                        "refresh_token, scopes and token_url need client_id and client_secret",
+                    ));
+                }
+                TokenSource::None
+            }
+        };
+        Ok(ProfileParts {
+            hosts,
+            signer: Arc::new(creds),
+            token,
+        })
+    }
+}

@@ -1,0 +1,301 @@
+//! The marketplace seam: the traits every marketplace implements ([`Marketplace`], [`Sign`],
+//! [`TokenEndpoint`]) and [`MARKETPLACES`], the one list of them. Each marketplace lives in its
+//! own folder; nothing outside that folder names it.
+//!
+//! Adding one: a folder with a `static` value implementing [`Marketplace`] (its config table and
+//! default hosts), a pure [`Sign`] and, if it has OAuth, a [`TokenEndpoint`]; then one line in
+//! [`MARKETPLACES`].
+
+pub mod ebay;
+pub mod tiktok;
+
+use std::fmt;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+
+use crate::clock::Timestamp;
+use crate::secret::{Secret, SecretRef};
+use crate::signing::{RequestHead, SignError};
+
+/// Every marketplace signproxy knows, by config table name.
+pub static MARKETPLACES: &[&dyn Marketplace] = &[&tiktok::TIKTOK, &ebay::EBAY];
+
+/// The marketplace whose config table is `id` (`tiktok`, `ebay`, ...).
+pub fn by_id(id: &str) -> Option<&'static dyn Marketplace> {
+    MARKETPLACES.iter().copied().find(|m| m.id() == id)
+}
+
+/// One marketplace: its config table and what a profile of it is made of.
+pub trait Marketplace: Sync {
+    /// The config table: `[tiktok.NAME]`, `[ebay.NAME]`, ...
+    fn id(&self) -> &'static str;
+    /// The hosts a profile serves when its table lists none.
+    fn default_hosts(&self) -> &'static [&'static str];
+    /// Builds a profile from its table (secrets resolved through `cx`).
+    fn profile(
+        &self,
+        table: toml::Table,
+        cx: &ProfileContext<'_>,
+    ) -> Result<ProfileParts, ProfileError>;
+}
+
+/// What a marketplace makes of a profile table.
+pub struct ProfileParts {
+    /// The host patterns as written (the marketplace's defaults when the table lists none).
+    pub hosts: Vec<String>,
+    pub signer: Arc<dyn Sign>,
+    pub token: TokenSource,
+}
+
+/// What a marketplace needs from the config loader while it builds a profile.
+pub struct ProfileContext<'a> {
+    /// The profile's name: `default` in `[tiktok.default]`.
+    pub name: &'a str,
+    resolve: &'a dyn Fn(&str, &SecretRef) -> Result<Secret, ProfileError>,
+}
+
+impl<'a> ProfileContext<'a> {
+    /// `resolve` reads a secret for a key of the table (`app_secret`).
+    pub fn new(
+        name: &'a str,
+        resolve: &'a dyn Fn(&str, &SecretRef) -> Result<Secret, ProfileError>,
+    ) -> Self {
+        ProfileContext { name, resolve }
+    }
+
+    /// The secret `source` names, for the table's `key`.
+    pub fn secret(&self, key: &str, source: &SecretRef) -> Result<Secret, ProfileError> {
+        (self.resolve)(key, source)
+    }
+
+    /// Deserializes the table into a marketplace's raw schema (unknown keys are errors); a type
+    /// error names the key and never the value, which may be a secret.
+    pub fn parse<T: serde::de::DeserializeOwned>(
+        &self,
+        table: toml::Table,
+    ) -> Result<T, ProfileError> {
+        // A date-time reaches serde as its text here, and would pass for a literal secret: no
+        // profile key takes one, so refuse it by type, without the value.
+        if let Some(key) = table
+            .iter()
+            .find(|(_, v)| holds_datetime(v))
+            .map(|(k, _)| k)
+        {
+            return Err(ProfileError::new(
+                key.clone(),
+                format!(
+                    "expected {}; found a date-time (value not shown)",
+                    crate::secret::SECRET_FORMS
+                ),
+            ));
+        }
+        table.try_into().map_err(|e: toml::de::Error| {
+            // Display, not message(): only Display carries the "in `key`" context.
+            let shown = e.to_string();
+            let message = shown.trim_end();
+            // toml appends "in `key`" to errors inside a table: the key, for the locator.
+            let (message, key) = match message.rsplit_once("\nin `") {
+                Some((text, key)) => (text, key.trim_end_matches('`').to_owned()),
+                None => (message, String::new()),
+            };
+            ProfileError::new(key, crate::secret::without_quoted_strings(message))
+        })
+    }
+}
+
+fn holds_datetime(value: &toml::Value) -> bool {
+    match value {
+        toml::Value::Datetime(_) => true,
+        toml::Value::Array(items) => items.iter().any(holds_datetime),
+        toml::Value::Table(table) => table.values().any(holds_datetime),
+        _ => false,
+    }
+}
+
+/// A problem with one key of a profile table (empty key: the table itself).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct ProfileError {
+    pub key: String,
+    pub message: String,
+}
+
+impl ProfileError {
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        ProfileError {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Whether a request would get the profile's access token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenNeed {
+    /// The request carries its own credential, or the endpoint takes none.
+    None,
+    AccessToken,
+}
+
+/// What a signer is given: the head as it will go upstream, the exact body bytes, the token to
+/// add (if the request needs one), and the time. Nothing is read from a clock.
+#[derive(Debug, Clone, Copy)]
+pub struct SignInput<'a> {
+    pub head: &'a RequestHead,
+    pub body: &'a [u8],
+    pub access_token: Option<&'a Secret>,
+    pub now: Timestamp,
+}
+
+/// A marketplace's request signing, pure: time comes in, nothing is read from a clock.
+pub trait Sign: Send + Sync + fmt::Debug {
+    /// How `check` names the scheme: "TikTok Shop HMAC-SHA256".
+    fn scheme(&self) -> String;
+    /// Whether signing would place an access token on this request.
+    fn token_need(&self, head: &RequestHead) -> TokenNeed;
+    /// The head to send: the marketplace's signature, timestamp and token set, the client's own
+    /// signing artefacts replaced, everything else as it was.
+    fn sign(&self, input: SignInput<'_>) -> Result<RequestHead, SignError>;
+    /// The string-to-sign or signature base with every secret masked. Only computed when asked
+    /// (`sign --explain`, diagnostics): never on the proxy's hot path.
+    fn explain(&self, input: SignInput<'_>) -> Result<String, SignError>;
+}
+
+/// A token the marketplace granted. Times are absolute Unix seconds.
+#[derive(Debug, Clone)]
+pub struct Grant {
+    pub access_token: Secret,
+    pub expires_at: u64,
+    /// Rotating refresh tokens (TikTok's): the new one replaces the old.
+    pub refresh_token: Option<Secret>,
+    pub refresh_expires_at: Option<u64>,
+}
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum GrantError {
+    #[error("the token endpoint refused: {code} {message}{hint}")]
+    Rejected {
+        code: String,
+        message: String,
+        hint: &'static str,
+    },
+    #[error("the token endpoint's answer is not understood (HTTP {status}): {reason}")]
+    Malformed { status: u16, reason: String },
+    #[error("cannot build the token request: {0}")]
+    Request(String),
+}
+
+/// A marketplace's OAuth, as pure protocol: the grant request out, the grant in, and whether an
+/// API answer says the access token expired. The token manager does the I/O.
+pub trait TokenEndpoint: Send + Sync + fmt::Debug {
+    /// How `check` names it: "managed access tokens (refresh token)".
+    fn describe(&self) -> &'static str;
+    /// The refresh token the config starts from, if the grant uses one.
+    fn initial_refresh_token(&self) -> Option<&Secret>;
+    /// A fingerprint of the configured credential: stored tokens descend from it, and a new
+    /// authorization in the config (a different fingerprint) starts afresh.
+    fn seed(&self) -> String;
+    /// A digest of the whole configured credential, secrets included (never shown): a reload
+    /// keeps a profile's token state only while this is unchanged.
+    fn config_digest(&self) -> String;
+    /// The request for a new access token, with the current refresh token.
+    fn grant_request(
+        &self,
+        refresh: Option<&Secret>,
+        now: Timestamp,
+    ) -> Result<Request<Bytes>, GrantError>;
+    /// The grant in the endpoint's answer.
+    fn parse_grant(
+        &self,
+        status: StatusCode,
+        body: &[u8],
+        now: Timestamp,
+    ) -> Result<Grant, GrantError>;
+    /// Whether an API answer means "this access token has expired".
+    fn is_expired_answer(&self, status: StatusCode, body: &[u8]) -> bool;
+}
+
+/// Where a profile's access token comes from. Never grows: a new marketplace brings a
+/// [`TokenEndpoint`], not a variant.
+#[derive(Debug, Clone)]
+pub enum TokenSource {
+    None,
+    /// A token in the config, used as is.
+    Static(Secret),
+    /// signproxy obtains, refreshes and persists tokens through this endpoint.
+    Managed(Arc<dyn TokenEndpoint>),
+}
+
+impl TokenSource {
+    pub fn is_managed(&self) -> bool {
+        matches!(self, TokenSource::Managed(_))
+    }
+
+    /// Whether an API answer means "this access token has expired" (managed tokens only: a
+    /// static one cannot be renewed anyway).
+    pub fn is_expired_answer(&self, status: StatusCode, body: &[u8]) -> bool {
+        match self {
+            TokenSource::Managed(endpoint) => endpoint.is_expired_answer(status, body),
+            TokenSource::None | TokenSource::Static(_) => false,
+        }
+    }
+
+    /// The same source: a reload keeps the token state of profiles for which this holds.
+    pub fn same_as(&self, other: &TokenSource) -> bool {
+        match (self, other) {
+            (TokenSource::None, TokenSource::None) => true,
+            (TokenSource::Static(a), TokenSource::Static(b)) => a == b,
+            (TokenSource::Managed(a), TokenSource::Managed(b)) => {
+                a.config_digest() == b.config_digest()
+            }
+            _ => false,
+        }
+    }
+}
+
+/// A hex SHA-256 prefix over `parts` joined by NUL: a seed that changes with any part. The
+/// format is what `tokens.json` files already hold: changing it would orphan stored (rotated)
+/// refresh tokens.
+pub fn fingerprint(parts: &[&str]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            hash.update([0u8]);
+        }
+        hash.update(part.as_bytes());
+    }
+    hex::encode(&hash.finalize()[..12])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fingerprints_keep_the_stored_format() {
+        // sha256("tiktok\0key\0rt")[..12], as earlier releases wrote it into tokens.json.
+        use sha2::{Digest, Sha256};
+        let expected = hex::encode(&Sha256::digest(b"tiktok\0key\0rt")[..12]);
+        assert_eq!(fingerprint(&["tiktok", "key", "rt"]), expected);
+    }
+
+    #[test]
+    fn every_marketplace_is_listed_once_by_its_table() {
+        let ids: Vec<&str> = MARKETPLACES.iter().map(|m| m.id()).collect();
+        let mut unique = ids.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(ids.len(), unique.len(), "{ids:?}");
+        for id in ids {
+            assert_eq!(by_id(id).map(|m| m.id()), Some(id));
+            assert!(!by_id(id)
+                .map(|m| m.default_hosts())
+                .unwrap_or_default()
+                .is_empty());
+        }
+        assert!(by_id("nope").is_none());
+    }
+}

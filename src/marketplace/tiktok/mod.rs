@@ -1,0 +1,81 @@
+//! TikTok Shop: the `[tiktok.NAME]` table, its default host, the HMAC signer ([`sign`]) and the
+//! refresh-token OAuth ([`oauth`]).
+
+pub mod oauth;
+pub mod sign;
+
+use std::sync::Arc;
+
+use serde::Deserialize;
+
+use super::{Marketplace, ProfileContext, ProfileError, ProfileParts, TokenSource};
+use crate::secret::SecretRef;
+use oauth::TiktokOAuth;
+use sign::TiktokCredentials;
+
+/// The registry's TikTok Shop.
+pub static TIKTOK: Tiktok = Tiktok;
+
+pub struct Tiktok;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTiktok {
+    app_key: String,
+    app_secret: SecretRef,
+    access_token: Option<SecretRef>,
+    refresh_token: Option<SecretRef>,
+    shop_cipher: Option<String>,
+    hosts: Option<Vec<String>>,
+}
+
+impl Marketplace for Tiktok {
+    fn id(&self) -> &'static str {
+        "tiktok"
+    }
+
+    fn default_hosts(&self) -> &'static [&'static str] {
+        &["open-api.tiktokglobalshop.com"]
+    }
+
+    fn profile(
+        &self,
+        table: toml::Table,
+        cx: &ProfileContext<'_>,
+    ) -> Result<ProfileParts, ProfileError> {
+        let raw: RawTiktok = cx.parse(table)?;
+        if raw.app_key.trim().is_empty() {
+            return Err(ProfileError::new(
+                "app_key",
+                "is empty: copy the App key from TikTok Shop Partner Center",
+            ));
+        }
+        let creds = TiktokCredentials {
+            app_key: raw.app_key,
+            app_secret: cx.secret("app_secret", &raw.app_secret)?,
+            shop_cipher: raw.shop_cipher.filter(|c| !c.is_empty()),
+        };
+        let token = match (raw.access_token, raw.refresh_token) {
+            (Some(_), Some(_)) => {
+                return Err(ProfileError::new(
+                    "refresh_token",
+                    "set either access_token (a static token) or refresh_token (signproxy obtains and refreshes access tokens), not both",
+                ))
+            }
+            (Some(r), None) => TokenSource::Static(cx.secret("access_token", &r)?),
+            (None, Some(r)) => TokenSource::Managed(Arc::new(TiktokOAuth {
+                app_key: creds.app_key.clone(),
+                app_secret: creds.app_secret.clone(),
+                refresh_token: cx.secret("refresh_token", &r)?,
+            })),
+            (None, None) => TokenSource::None,
+        };
+        Ok(ProfileParts {
+            hosts: raw
+                .hosts
+                .unwrap_or_else(|| self.default_hosts().iter().map(|h| h.to_string()).collect()),
+            signer: Arc::new(creds),
+            token,
+        })
+    }
+}
