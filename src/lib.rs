@@ -16,11 +16,14 @@
 //! - [`request`]: client request → upstream head (hop-by-hop hygiene, Host, Content-Length), then signing.
 //! - [`token`]: access-token lifecycle: static or managed (refresh, persist, retry on expiry).
 //! - [`upstream`]: the pooled rustls client that talks to the marketplaces.
+//! - `fuzzing` (hidden): entry points shared by the fuzz targets and the corpus regression test.
 
 pub mod admin;
 pub mod ca;
 pub mod cli;
 pub mod config;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;
