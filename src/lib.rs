@@ -31,6 +31,7 @@
 //!   single place where errors become HTTP responses.
 //! - [`admin`]: the operator's port: `/healthz`, `/readyz`, `/metrics`.
 //! - [`logging`]: log output setup (`[log] format` and `level`).
+//! - `fuzzing` (hidden): entry points shared by the fuzz targets and the corpus regression test.
 //! - [`cli`]: the `signproxy` subcommands (`run`, `check`, `sign`, `ca`, `health`); `main.rs`
 //!   only calls it.
 
@@ -40,6 +41,8 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod egress;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod host;
 pub mod logging;
 pub mod marketplace;

@@ -320,19 +320,42 @@ pub fn check_inner_authority(
             )));
         }
     }
+    let mut hosts = headers.get_all(header::HOST).iter();
+    let host_header = hosts.next();
+    // RFC 9112 §3.2: two Host lines are a 400. Checking only the first would vouch for a request
+    // that also names another host.
+    if hosts.next().is_some() {
+        return Err(ProxyError::BadRequest(
+            "request inside CONNECT has more than one Host header: send exactly one".to_owned(),
+        ));
+    }
     let inner = match uri.host() {
         Some(host) => host.to_owned(),
         None => {
-            let value = headers
-                .get(header::HOST)
-                .and_then(|v| v.to_str().ok())
-                .ok_or_else(|| {
-                    ProxyError::BadRequest("request inside CONNECT has no Host header".to_owned())
-                })?;
-            Authority::from_str(value)
-                .map_err(|_| ProxyError::BadRequest(format!("Host `{value}` is not a host name")))?
-                .host()
-                .to_owned()
+            let value = host_header.and_then(|v| v.to_str().ok()).ok_or_else(|| {
+                ProxyError::BadRequest("request inside CONNECT has no Host header".to_owned())
+            })?;
+            let authority = Authority::from_str(value).map_err(|_| {
+                ProxyError::BadRequest(format!("Host `{value}` is not a host name"))
+            })?;
+            // Host is `host[:port]` (RFC 9110 §7.2); `Authority` would also take `user@host`.
+            if value.contains('@') {
+                // Not echoed: the userinfo may hold a password.
+                return Err(ProxyError::BadRequest(
+                    "the Host header carries userinfo (`user@`): send only HOST[:PORT]".to_owned(),
+                ));
+            }
+            // ... and a port of any characters (`host:4$3`), where RFC 9110 allows digits only.
+            let port = value.get(authority.host().len()..).unwrap_or_default();
+            let digits = port
+                .strip_prefix(':')
+                .is_some_and(|p| p.bytes().all(|b| b.is_ascii_digit()));
+            if !(port.is_empty() || digits) {
+                return Err(ProxyError::BadRequest(format!(
+                    "Host `{value}` is not a host name: send HOST[:PORT]"
+                )));
+            }
+            authority.host().to_owned()
         }
     };
     if normalize_host(&inner) != connect_host {
