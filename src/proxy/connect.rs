@@ -159,7 +159,7 @@ fn intercept(
     let tls_config = state
         .ca
         .server_config(&target.host)
-        .map_err(|e| ProxyError::Interception(e.to_string()))?;
+        .map_err(ProxyError::Interception)?;
     let gauge = TunnelGauge::new(&state.metrics);
     // The tunnel's opening (first byte, TLS handshake) gets the same limit as a request head: a
     // client that goes quiet there must not hold its connection slot.

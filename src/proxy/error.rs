@@ -5,9 +5,11 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 
 use super::{full_body, ProxyBody};
+use crate::ca::CaError;
 use crate::egress::EgressDenied;
 use crate::route::RouteError;
 use crate::signing::SignError;
+use crate::token::TokenError;
 
 pub const ERROR_HEADER: &str = "x-signproxy-error";
 
@@ -32,9 +34,9 @@ pub enum ProxyError {
     #[error("{0}")]
     MisdirectedRequest(String),
     #[error("HTTPS interception failed: {0}")]
-    Interception(String),
+    Interception(#[source] CaError),
     #[error("{0}")]
-    TokenUnavailable(String),
+    TokenUnavailable(#[source] TokenError),
     #[error("signproxy is serving its limit of {limit} connections ([proxy] max_connections): retry shortly, reuse connections, or raise the limit")]
     TooManyConnections { limit: usize },
     #[error("{0}")]

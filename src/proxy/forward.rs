@@ -186,7 +186,7 @@ async fn forward_signed(
 }
 
 fn token_unavailable(state: &State, e: TokenError) -> ProxyError {
-    let e = ProxyError::TokenUnavailable(e.to_string());
+    let e = ProxyError::TokenUnavailable(e);
     state.metrics.signing_failure(e.code());
     e
 }
