@@ -418,7 +418,7 @@ fn sign(args: SignArgs) -> Result<(), String> {
         .map_err(|e| format!("`{}` is not a URL ({e})", args.url))?;
     let host = normalize_host(uri.host().ok_or_else(|| {
         format!(
-            "`{}` has no host: give a full URL such as https://api.ebay.com/...",
+            "`{}` has no host: give a full URL such as https://HOST/PATH",
             args.url
         )
     })?);

@@ -806,7 +806,7 @@ impl Ctx<'_> {
             if !has_port(&from) || !has_port(&to) {
                 return Err(self.fail(
                     &key,
-                    format!("`{from}` = `{to}`: both sides need HOST:PORT, e.g. \"api.ebay.com:443\" = \"127.0.0.1:9443\""),
+                    format!("`{from}` = `{to}`: both sides need HOST:PORT, e.g. \"api.example.com:443\" = \"127.0.0.1:9443\""),
                 ));
             }
             connect_to.insert(from.to_ascii_lowercase(), to);
