@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use crate::ca::CertificateAuthority;
 use crate::clock::{Clock, SystemClock, Timestamp};
 use crate::config::{self, Config};
-use crate::marketplace::SignInput;
+use crate::marketplace::{sign_explained, SignInput};
 use crate::metrics::{Metrics, Outcome};
 use crate::proxy::Proxy;
 use crate::request::prepare_head;
@@ -496,20 +496,12 @@ fn sign(args: SignArgs) -> Result<(), String> {
         access_token: token.as_ref(),
         now,
     };
-    let signed = profile
-        .signer
-        .sign(input)
-        .map_err(|e| format!("cannot sign: {e}"))?;
-    let explanation = if args.explain {
-        Some(
-            profile
-                .signer
-                .explain(input)
-                .map_err(|e| format!("cannot sign: {e}"))?,
-        )
+    let signed = if args.explain {
+        sign_explained(profile.signer.as_ref(), input).map(|e| (e.head, Some(e.explanation)))
     } else {
-        None
+        profile.signer.sign(input).map(|head| (head, None))
     };
+    let (signed, explanation) = signed.map_err(|e| format!("cannot sign: {e}"))?;
     let mask = |value: &str| -> String {
         match &profile.token {
             TokenSource::Static(token) if !token.is_empty() => {

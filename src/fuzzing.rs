@@ -42,13 +42,9 @@ use crate::route::{route, Destination, Route};
 use crate::secret::Secret;
 use crate::signing::{media_type, split_path_query, RequestHead, SignError};
 
-/// A signed head with its explanation, as the [`Sign`] trait's two methods give them.
-struct Signed {
-    head: RequestHead,
-    explanation: String,
-}
+type Signed = crate::marketplace::Explained;
 
-/// Signs through the trait, as the proxy and `sign` do.
+/// Signs through the [`Sign`] trait, as the proxy and `sign` do.
 fn sign_with(
     signer: &dyn Sign,
     head: RequestHead,
@@ -62,10 +58,7 @@ fn sign_with(
         access_token,
         now: Timestamp::from_secs(now),
     };
-    Ok(Signed {
-        head: signer.sign(input)?,
-        explanation: signer.explain(input)?,
-    })
+    crate::marketplace::sign_explained(signer, input)
 }
 
 /// RFC 9421 B.1.4 `test-key-ed25519`: a published test key, never a real credential.

@@ -18,12 +18,9 @@ use signproxy::request::prepare_head;
 use signproxy::secret::Secret;
 use signproxy::signing::{https_authority, RequestHead, SignError};
 
-/// A signed head and its explanation, through the [`Sign`] trait as the proxy signs.
-struct Signed {
-    head: RequestHead,
-    explanation: String,
-}
+type Signed = signproxy::marketplace::Explained;
 
+/// Signs through the [`Sign`] trait, as the proxy and `sign` do.
 fn sign_with(
     signer: &dyn Sign,
     head: RequestHead,
@@ -37,10 +34,7 @@ fn sign_with(
         access_token,
         now: Timestamp::from_secs(now),
     };
-    Ok(Signed {
-        head: signer.sign(input)?,
-        explanation: signer.explain(input)?,
-    })
+    signproxy::marketplace::sign_explained(signer, input)
 }
 
 /// RFC 9421 B.1.4 `test-key-ed25519`.

@@ -163,6 +163,22 @@ pub trait Sign: Send + Sync + fmt::Debug {
     fn explain(&self, input: SignInput<'_>) -> Result<String, SignError>;
 }
 
+/// A signed head with the account of how it was signed: what `sign --explain` prints.
+#[derive(Debug, Clone)]
+pub struct Explained {
+    pub head: RequestHead,
+    pub explanation: String,
+}
+
+/// Signs and explains one input (for `sign --explain`, diagnostics and tests; the proxy only
+/// signs).
+pub fn sign_explained(signer: &dyn Sign, input: SignInput<'_>) -> Result<Explained, SignError> {
+    Ok(Explained {
+        head: signer.sign(input)?,
+        explanation: signer.explain(input)?,
+    })
+}
+
 /// A token the marketplace granted. Times are absolute Unix seconds.
 #[derive(Debug, Clone)]
 pub struct Grant {

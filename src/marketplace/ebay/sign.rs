@@ -355,12 +355,7 @@ MC4CAQAwBQYDK2VwBCIEIJ+DYvh6SEqVTm50DFtMDoQikTmiCqirVv9mWG9qfSnF
         spki[spki.len() - 32..].to_vec()
     }
 
-    /// A signed head and its explanation, as the two trait methods give them.
-    #[derive(Debug)]
-    struct Signed {
-        head: RequestHead,
-        explanation: String,
-    }
+    type Signed = crate::marketplace::Explained;
 
     /// Signs through the [`Sign`] trait (what the proxy and `sign` call), as of `now` seconds.
     fn sign(
@@ -376,10 +371,7 @@ MC4CAQAwBQYDK2VwBCIEIJ+DYvh6SEqVTm50DFtMDoQikTmiCqirVv9mWG9qfSnF
             access_token,
             now: Timestamp::from_secs(now),
         };
-        Ok(Signed {
-            head: creds.sign(input)?,
-            explanation: creds.explain(input)?,
-        })
+        crate::marketplace::sign_explained(creds, input)
     }
 
     fn head(method: Method, authority: &str, path_and_query: &str) -> RequestHead {

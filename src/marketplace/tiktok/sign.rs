@@ -261,12 +261,7 @@ mod tests {
         }
     }
 
-    /// A signed head and its explanation, as the two trait methods give them.
-    #[derive(Debug)]
-    struct Signed {
-        head: RequestHead,
-        explanation: String,
-    }
+    type Signed = crate::marketplace::Explained;
 
     /// Signs through the [`Sign`] trait (what the proxy and `sign` call), as of `now` seconds.
     fn sign(
@@ -282,10 +277,7 @@ mod tests {
             access_token,
             now: Timestamp::from_secs(now),
         };
-        Ok(Signed {
-            head: creds.sign(input)?,
-            explanation: creds.explain(input)?,
-        })
+        crate::marketplace::sign_explained(creds, input)
     }
 
     fn query_param(signed: &Signed, key: &str) -> Option<String> {
