@@ -367,3 +367,37 @@ fn sign_prints_the_slash_of_an_empty_path() {
         "{first}"
     );
 }
+
+/// The "Trusting signproxy's CA" commands, as written (with the binary for `signproxy` and a
+/// temporary state folder): init, init --force, and cert into the file clients trust.
+#[test]
+fn readme_ca_commands_work_as_written() {
+    let block = fenced_blocks(&readme(), "sh")
+        .into_iter()
+        .find(|b| b.contains("signproxy ca init"))
+        .expect("the CA block");
+    let state = tempfile::tempdir().unwrap();
+    let mut ran = 0;
+    for line in block.lines().filter(|l| l.starts_with("signproxy ")) {
+        let command = line.split('#').next().unwrap_or_default();
+        let (command, target) = match command.split_once('>') {
+            Some((cmd, file)) => (cmd, Some(state.path().join(file.trim()))),
+            None => (command, None),
+        };
+        let words: Vec<&str> = command.split_whitespace().skip(1).collect();
+        let out = Command::new(env!("CARGO_BIN_EXE_signproxy"))
+            .args(&words)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("SIGNPROXY_STATE_DIR", state.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{line}: {}", stderr(&out));
+        if let Some(file) = target {
+            std::fs::write(&file, &out.stdout).unwrap();
+            let pem = std::fs::read_to_string(&file).unwrap();
+            assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"), "{pem}");
+        }
+        ran += 1;
+    }
+    assert_eq!(ran, 3, "{block}");
+}

@@ -502,11 +502,15 @@ async fn send(
         Egress::Marketplace => state.upstream.send(req).await,
         Egress::Guarded => state.upstream.send_guarded(req).await,
     };
-    let latency = sent.elapsed();
-    log.upstream_latency = Some(latency);
-    state
-        .metrics
-        .upstream_latency(log.profile.as_deref().unwrap_or("-"), latency.as_secs_f64());
+    // Only an answer is a latency sample: a failed dial or a timeout says nothing about the
+    // upstream's speed.
+    if response.is_ok() {
+        let latency = sent.elapsed();
+        log.upstream_latency = Some(latency);
+        state
+            .metrics
+            .upstream_latency(log.profile.as_deref().unwrap_or("-"), latency.as_secs_f64());
+    }
     let response = response.map_err(|e| match e {
         UpstreamError::Timeout(after) => ProxyError::UpstreamTimeout {
             authority: authority.to_owned(),
