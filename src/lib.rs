@@ -35,23 +35,23 @@
 //! - [`cli`]: the `signproxy` subcommands (`run`, `check`, `sign`, `ca`, `health`); `main.rs`
 //!   only calls it.
 
-pub mod admin;
+pub(crate) mod admin;
 pub mod ca;
 pub mod cli;
 pub mod clock;
 pub mod config;
-pub mod egress;
+pub(crate) mod egress;
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod host;
-pub mod logging;
+pub(crate) mod host;
+pub(crate) mod logging;
 pub mod marketplace;
 pub mod metrics;
 pub mod proxy;
 pub mod request;
-pub mod route;
+pub(crate) mod route;
 pub mod secret;
 pub mod signing;
-pub mod state_dir;
+pub(crate) mod state_dir;
 pub mod token;
-pub mod upstream;
+pub(crate) mod upstream;
