@@ -162,7 +162,7 @@ async fn forward_signed(
     } else {
         None
     };
-    let response = sign_and_send(state, profile, head.clone(), &body, token.as_ref(), log).await?;
+    let response = sign_and_send(state, profile, &head, &body, token.as_ref(), log).await?;
 
     // Only a token this proxy injected and manages can be renewed; the client's own is theirs.
     let Some(used) = token.filter(|_| profile.token.is_managed()) else {
@@ -182,7 +182,7 @@ async fn forward_signed(
         .refresh_after_rejection(profile, &used, state.clock.now())
         .await
         .map_err(|e| token_unavailable(state, e))?;
-    sign_and_send(state, profile, head, &body, Some(&fresh), log).await
+    sign_and_send(state, profile, &head, &body, Some(&fresh), log).await
 }
 
 fn token_unavailable(state: &State, e: TokenError) -> ProxyError {
@@ -195,13 +195,13 @@ fn token_unavailable(state: &State, e: TokenError) -> ProxyError {
 async fn sign_and_send(
     state: &State,
     profile: &Profile,
-    head: RequestHead,
+    head: &RequestHead,
     body: &Bytes,
     token: Option<&Secret>,
     log: &mut RequestLog,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let input = SignInput {
-        head: &head,
+        head,
         body,
         access_token: token,
         now: state.clock.now(),
