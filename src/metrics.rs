@@ -29,6 +29,12 @@ pub struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RejectionLabels {
+    pub profile: String,
+    pub code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CodeLabels {
     pub code: &'static str,
 }
@@ -79,6 +85,10 @@ pub struct Metrics {
     config_reloads: Family<OutcomeLabels, Counter>,
     connections_refused: Counter,
     refusals: Family<CodeLabels, Counter>,
+    signature_rejections: Family<RejectionLabels, Counter>,
+    /// The marketplace's clock minus ours, in seconds, from the last answer's `Date`.
+    pub upstream_clock_skew: Gauge,
+    skew_warned: std::sync::atomic::AtomicBool,
     egress_denied: Family<ClassLabels, Counter>,
     pub open_connections: Gauge,
     pub open_tunnels: Gauge,
@@ -154,6 +164,18 @@ impl Metrics {
             "Requests signproxy answered itself with an error, by error code",
             refusals.clone(),
         );
+        let signature_rejections = Family::<RejectionLabels, Counter>::default();
+        registry.register(
+            "signature_rejections",
+            "Answers in which the marketplace rejected the signature, by profile and its code",
+            signature_rejections.clone(),
+        );
+        let upstream_clock_skew = Gauge::default();
+        registry.register(
+            "upstream_clock_skew_seconds",
+            "The marketplace's Date header minus the local clock, from the last answer",
+            upstream_clock_skew.clone(),
+        );
         let egress_denied = Family::<ClassLabels, Counter>::default();
         registry.register(
             "egress_denied",
@@ -182,6 +204,9 @@ impl Metrics {
             config_reloads,
             connections_refused,
             refusals,
+            signature_rejections,
+            upstream_clock_skew,
+            skew_warned: std::sync::atomic::AtomicBool::new(false),
             egress_denied,
             open_connections,
             open_tunnels,
@@ -234,6 +259,24 @@ impl Metrics {
     /// An error signproxy answered itself (the code of the error contract).
     pub fn refusal(&self, code: &'static str) {
         self.refusals.get_or_create(&CodeLabels { code }).inc();
+    }
+
+    pub fn signature_rejection(&self, profile: &str, code: &str) {
+        self.signature_rejections
+            .get_or_create(&RejectionLabels {
+                profile: profile.to_owned(),
+                code: code.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Records the skew; true the first time it is over `limit_secs` (warn once per process).
+    pub fn clock_skew(&self, skew_secs: i64, limit_secs: i64) -> bool {
+        self.upstream_clock_skew.set(skew_secs);
+        skew_secs.abs() > limit_secs
+            && !self
+                .skew_warned
+                .swap(true, std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn egress_denied(&self, class: &'static str) {

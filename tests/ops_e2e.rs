@@ -1981,3 +1981,106 @@ async fn out_of_file_handles_the_accept_loop_backs_off_logs_sparingly_and_recove
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_still_serves(&bin, &upstream).await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// A rejected signature, and the marketplace's clock
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_signature_is_logged_with_what_was_signed_and_counted() {
+    let (_ca, upstream, mut bin) = tiktok_setup("", "").await;
+    upstream.set_behaviour(Behaviour::tiktok_error(401, 106001, "Invalid credentials."));
+    let resp = bin
+        .client()
+        .get(format!("http://{HOST}/api/rejected?x=1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401, "the answer is relayed as it came");
+    let request_id = header(&resp, "x-signproxy-request-id");
+    let body = resp.text().await.unwrap();
+    assert!(body.contains("106001"), "{body}");
+    let line = bin
+        .wait_for_json(
+            1,
+            |v| {
+                v["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("the marketplace rejected the signature"))
+            },
+            "the rejection warning",
+        )
+        .await
+        .remove(0);
+    assert_eq!(line["level"], "WARN", "{line}");
+    assert_eq!(line["code"], "106001", "{line}");
+    assert_eq!(line["request_id"], request_id.as_str(), "{line}");
+    let explanation = line["explanation"].as_str().unwrap_or_default();
+    assert!(
+        explanation.contains("<app_secret>/api/rejectedapp_key"),
+        "{explanation}"
+    );
+    assert!(
+        !bin.all_output().contains(TIKTOK_APP_SECRET),
+        "no secret in the output"
+    );
+    let metrics = bin.metrics().await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "signproxy_signature_rejections_total{profile=\"tiktok.default\",code=\"106001\"}"
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+    // A success is not a rejection.
+    upstream.set_behaviour(Behaviour::echo());
+    let ok = bin
+        .client()
+        .get(format!("http://{HOST}/api/ok"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    let metrics = bin.metrics().await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "signproxy_signature_rejections_total{profile=\"tiktok.default\",code=\"106001\"}"
+        ),
+        Some(1.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_marketplace_clock_far_from_ours_is_a_gauge_and_one_warning() {
+    let (_ca, upstream, mut bin) = tiktok_setup("", "").await;
+    // An hour behind us, in the HTTP date format the marketplace sends.
+    let hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
+    let date = httpdate::fmt_http_date(hour_ago);
+    upstream.set_behaviour(Behaviour::echo().with_header("date", &date));
+    for path in ["/api/one", "/api/two"] {
+        let resp = bin
+            .client()
+            .get(format!("http://{HOST}{path}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+    let metrics = bin.metrics().await;
+    let skew = metric(&metrics, "signproxy_upstream_clock_skew_seconds").unwrap_or_default();
+    assert!((-3610.0..=-3590.0).contains(&skew), "{skew} {metrics}");
+    let warnings = bin
+        .wait_for_json(
+            1,
+            |v| {
+                v["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("clock differs from the marketplace"))
+            },
+            "the clock warning",
+        )
+        .await;
+    assert_eq!(warnings.len(), 1, "warned once, not per answer");
+}

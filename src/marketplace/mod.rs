@@ -161,6 +161,11 @@ pub trait Sign: Send + Sync + fmt::Debug {
     /// The string-to-sign or signature base with every secret masked. Only computed when asked
     /// (`sign --explain`, diagnostics): never on the proxy's hot path.
     fn explain(&self, input: SignInput<'_>) -> Result<String, SignError>;
+    /// The marketplace's code when an API answer says the signature (or its timestamp) was
+    /// rejected: TikTok's 106001, eBay's 2151xx. Only small error answers are shown to it.
+    fn rejection(&self, _status: StatusCode, _body: &[u8]) -> Option<String> {
+        None
+    }
 }
 
 /// A signed head with the account of how it was signed: what `sign --explain` prints.

@@ -19,6 +19,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use super::admission::Client;
 use super::{ProxyBody, ProxyError, RequestLog, State, BUFFER_PERMIT_BYTES};
 
+use crate::clock::Timestamp;
 use crate::config::{Profile, ProxyClient};
 use crate::marketplace::{SignInput, TokenNeed};
 use crate::request::{prepare_head, strip_hop_by_hop};
@@ -27,13 +28,13 @@ use crate::route::{
 };
 use crate::secret::Secret;
 use crate::signing::{https_authority, RequestHead};
-use crate::token::{TokenError, TokenSource};
+use crate::token::TokenError;
 use crate::upstream::{BoxError, UpstreamBody, UpstreamError};
 
 /// Responses up to this size are checked for a "token expired" answer before they are relayed.
-const TOKEN_ANSWER_INSPECT_LIMIT: u64 = 64 * 1024;
+const ANSWER_INSPECT_LIMIT: u64 = 64 * 1024;
 /// The buffer-budget permits an inspection may take: the limit plus one frame past it.
-const INSPECT_PERMITS: u32 = (2 * TOKEN_ANSWER_INSPECT_LIMIT / BUFFER_PERMIT_BYTES) as u32;
+const INSPECT_PERMITS: u32 = (2 * ANSWER_INSPECT_LIMIT / BUFFER_PERMIT_BYTES) as u32;
 
 /// Where a request is going, as the client named it (host normalised by [`normalize_host`]).
 #[derive(Debug, Clone)]
@@ -162,15 +163,34 @@ async fn forward_signed(
     } else {
         None
     };
-    let response = sign_and_send(state, profile, &head, &body, token.as_ref(), log).await?;
+    let now = state.clock.now();
+    let response = sign_and_send(state, profile, &head, &body, token.as_ref(), now, log).await?;
 
     // Only a token this proxy injected and manages can be renewed; the client's own is theirs.
-    let Some(used) = token.filter(|_| profile.token.is_managed()) else {
+    let managed = token.as_ref().filter(|_| profile.token.is_managed());
+    // Successful answers stream on untouched; small error answers are read to recognise an
+    // expired token or a rejected signature.
+    if managed.is_none() && !response.status().is_client_error() {
+        return Ok(response);
+    }
+    let (response, answer) = read_small_answer(&state.buffer_budget, response).await?;
+    let Some(answer) = answer else {
         return Ok(response);
     };
-    let (response, expired) =
-        answer_says_token_expired(&profile.token, &state.buffer_budget, response).await?;
-    if !expired {
+    let status = response.status();
+    if let Some(code) = profile.signer.rejection(status, &answer) {
+        let input = SignInput {
+            head: &head,
+            body: &body,
+            access_token: token.as_ref(),
+            now,
+        };
+        report_rejection(state, profile, input, &code, log);
+    }
+    let Some(used) = managed else {
+        return Ok(response);
+    };
+    if !profile.token.is_expired_answer(status, &answer) {
         return Ok(response);
     }
     tracing::info!(
@@ -179,10 +199,35 @@ async fn forward_signed(
     );
     let fresh = state
         .tokens
-        .refresh_after_rejection(profile, &used, state.clock.now())
+        .refresh_after_rejection(profile, used, state.clock.now())
         .await
         .map_err(|e| token_unavailable(state, e))?;
-    sign_and_send(state, profile, &head, &body, Some(&fresh), log).await
+    let now = state.clock.now();
+    sign_and_send(state, profile, &head, &body, Some(&fresh), now, log).await
+}
+
+/// The marketplace said the signature is wrong: one warning with what was signed (secrets
+/// masked) that a user can paste into a bug report, and a count.
+fn report_rejection(
+    state: &State,
+    profile: &Profile,
+    input: SignInput<'_>,
+    code: &str,
+    log: &RequestLog,
+) {
+    let name = profile.qualified_name();
+    state.metrics.signature_rejection(&name, code);
+    let explanation = profile
+        .signer
+        .explain(input)
+        .unwrap_or_else(|e| format!("(cannot explain: {e})"));
+    tracing::warn!(
+        request_id = %log.id,
+        profile = %name,
+        code,
+        explanation = %explanation,
+        "the marketplace rejected the signature; what was signed (secrets masked) follows"
+    );
 }
 
 fn token_unavailable(state: &State, e: TokenError) -> ProxyError {
@@ -198,13 +243,14 @@ async fn sign_and_send(
     head: &RequestHead,
     body: &Bytes,
     token: Option<&Secret>,
+    now: Timestamp,
     log: &mut RequestLog,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let input = SignInput {
         head,
         body,
         access_token: token,
-        now: state.clock.now(),
+        now,
     };
     let head = profile.signer.sign(input).map_err(|e| {
         let e = ProxyError::from(e);
@@ -230,22 +276,16 @@ async fn sign_and_send(
     .await
 }
 
-/// Marketplaces' "token expired" answers are small JSON bodies. Up to
-/// [`TOKEN_ANSWER_INSPECT_LIMIT`] bytes of the answer are read (whatever its framing: a chunked
-/// answer has no declared size) and checked; a longer answer streams on with what was read put
-/// back in front, untouched.
-async fn answer_says_token_expired(
-    source: &TokenSource,
+/// Marketplaces' "token expired" and "signature invalid" answers are small JSON bodies. Up to
+/// [`ANSWER_INSPECT_LIMIT`] bytes of the answer are read (whatever its framing: a chunked
+/// answer has no declared size) and returned decoded; a longer answer streams on with what was
+/// read put back in front, untouched. The client always gets the bytes as the marketplace sent
+/// them.
+async fn read_small_answer(
     budget: &Arc<Semaphore>,
     response: Response<ProxyBody>,
-) -> Result<(Response<ProxyBody>, bool), ProxyError> {
-    let declared_large = response.body().size_hint().lower() > TOKEN_ANSWER_INSPECT_LIMIT;
-    // What is read here is held until the client has it: it counts against max_buffered_bytes.
-    // When the budget is spent the answer streams on uninspected rather than waiting.
-    let Ok(reservation) = Arc::clone(budget).try_acquire_many_owned(INSPECT_PERMITS) else {
-        tracing::debug!("buffer budget spent: relaying the answer without the token-expired check");
-        return Ok((response, false));
-    };
+) -> Result<(Response<ProxyBody>, Option<Vec<u8>>), ProxyError> {
+    let declared_large = response.body().size_hint().lower() > ANSWER_INSPECT_LIMIT;
     let encoding = response
         .headers()
         .get(header::CONTENT_ENCODING)
@@ -256,11 +296,18 @@ async fn answer_says_token_expired(
         })
         .unwrap_or_default();
     if declared_large || !INSPECTABLE_ENCODINGS.contains(&encoding.as_str()) {
-        return Ok((response, false));
+        return Ok((response, None));
     }
+    // What is read here is held until the client has it: it counts against max_buffered_bytes.
+    // When the budget is spent the answer streams on uninspected rather than waiting.
+    let Ok(reservation) = Arc::clone(budget).try_acquire_many_owned(INSPECT_PERMITS) else {
+        tracing::debug!("buffer budget spent: relaying the answer without inspecting it");
+        return Ok((response, None));
+    };
     let (parts, mut body) = response.into_parts();
     let mut read = VecDeque::new();
     let mut data = BytesMut::new();
+    let mut complete = true;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| ProxyError::UpstreamConnect {
             authority: String::from("upstream"),
@@ -270,23 +317,20 @@ async fn answer_says_token_expired(
             data.extend_from_slice(chunk);
         }
         read.push_back(frame);
-        if data.len() as u64 > TOKEN_ANSWER_INSPECT_LIMIT {
-            let replay = Replay {
-                read,
-                rest: body,
-                _reservation: reservation,
-            };
-            return Ok((Response::from_parts(parts, replay.boxed()), false));
+        if data.len() as u64 > ANSWER_INSPECT_LIMIT {
+            complete = false;
+            break;
         }
     }
-    let expired = decoded(&encoding, &data)
-        .is_some_and(|answer| source.is_expired_answer(parts.status, &answer));
+    let answer = complete
+        .then(|| decoded(&encoding, &data).map(Cow::into_owned))
+        .flatten();
     let replay = Replay {
         read,
         rest: body,
         _reservation: reservation,
     };
-    Ok((Response::from_parts(parts, replay.boxed()), expired))
+    Ok((Response::from_parts(parts, replay.boxed()), answer))
 }
 
 /// Content encodings whose answers can be read for the check (clients such as Python requests
@@ -296,7 +340,7 @@ const INSPECTABLE_ENCODINGS: [&str; 5] = ["", "identity", "gzip", "x-gzip", "def
 /// `data` decoded per `encoding` (at most the inspection limit), or None if it does not decode.
 fn decoded<'a>(encoding: &str, data: &'a [u8]) -> Option<Cow<'a, [u8]>> {
     let mut out = Vec::new();
-    let limit = TOKEN_ANSWER_INSPECT_LIMIT;
+    let limit = ANSWER_INSPECT_LIMIT;
     let read = match encoding {
         "gzip" | "x-gzip" => flate2::read::GzDecoder::new(data)
             .take(limit)
@@ -480,6 +524,40 @@ impl BufferReservation {
     }
 }
 
+/// Past this, a marketplace that checks timestamps (TikTok: 5 minutes) is close to refusing.
+const CLOCK_SKEW_WARN_SECS: i64 = 10;
+
+/// Compares the marketplace's `Date` with our clock: a gauge always, a warning once.
+fn note_clock_skew(state: &State, host: &str, date: &HeaderValue) {
+    let Some(theirs) = date
+        .to_str()
+        .ok()
+        .and_then(|d| httpdate::parse_http_date(d).ok())
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+    else {
+        return;
+    };
+    let ours = i64::try_from(state.clock.now().secs()).unwrap_or(i64::MAX);
+    let skew = i64::try_from(theirs.as_secs())
+        .unwrap_or(i64::MAX)
+        .saturating_sub(ours);
+    if state.metrics.clock_skew(skew, CLOCK_SKEW_WARN_SECS) {
+        tracing::warn!(
+            host,
+            skew_s = skew,
+            "this machine's clock differs from the marketplace's by more than {CLOCK_SKEW_WARN_SECS} s: signatures with timestamps may be refused; sync the clock (NTP)"
+        );
+    }
+}
+
+fn authority_host(authority: &str) -> String {
+    authority
+        .rsplit_once(':')
+        .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
+        .map_or(authority, |(host, _)| host)
+        .to_owned()
+}
+
 /// Which dialler a request takes: marketplace hosts go where the config says (`connect_to` or
 /// DNS); everything else passes the egress guard first.
 #[derive(Clone, Copy)]
@@ -526,6 +604,9 @@ async fn send(
         },
         UpstreamError::Denied(denied) => ProxyError::DestinationNotAllowed(denied),
     })?;
+    if let (Egress::Marketplace, Some(date)) = (egress, response.headers().get(header::DATE)) {
+        note_clock_skew(state, &authority_host(authority), date);
+    }
     log.upstream_status = Some(response.status().as_u16());
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);

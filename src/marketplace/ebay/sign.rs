@@ -101,6 +101,25 @@ impl Sign for EbayCredentials {
     fn explain(&self, input: SignInput<'_>) -> Result<String, SignError> {
         sign(input, self, true).map(|(_, explanation)| explanation.unwrap_or_default())
     }
+
+    /// The 2151xx family: missing or wrong digest, signature, signature input, `created`, JWE.
+    fn rejection(&self, _status: http::StatusCode, body: &[u8]) -> Option<String> {
+        #[derive(serde::Deserialize)]
+        struct Errors {
+            errors: Vec<Item>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Item {
+            #[serde(rename = "errorId")]
+            error_id: i64,
+        }
+        let errors: Errors = serde_json::from_slice(body).ok()?;
+        errors
+            .errors
+            .iter()
+            .find(|e| (215_000..=215_199).contains(&e.error_id))
+            .map(|e| e.error_id.to_string())
+    }
 }
 
 /// Signs an eBay API request: sets `Host`, `Content-Digest` (body only), `x-ebay-signature-key`,
@@ -967,5 +986,27 @@ MC4CAQAwBQYDK2VwBCIEIJ+DYvh6SEqVTm50DFtMDoQikTmiCqirVv9mWG9qfSnF
             assert!(err.to_string().contains("access token"), "{err}");
             assert!(!err.to_string().contains("secretpart"), "{err}");
         }
+    }
+
+    #[test]
+    fn signature_rejections_are_recognised_and_nothing_else() {
+        let c = creds();
+        let status = http::StatusCode::FORBIDDEN;
+        let answer = |id: i64| {
+            format!(
+                r#"{{"errors":[{{"errorId":{id},"domain":"ACCESS","category":"REQUEST","message":"m"}}]}}"#
+            )
+        };
+        assert_eq!(
+            c.rejection(status, answer(215120).as_bytes()),
+            Some("215120".to_owned())
+        );
+        assert_eq!(
+            c.rejection(status, answer(215000).as_bytes()),
+            Some("215000".to_owned())
+        );
+        assert_eq!(c.rejection(status, answer(1001).as_bytes()), None);
+        assert_eq!(c.rejection(status, answer(215200).as_bytes()), None);
+        assert_eq!(c.rejection(status, b"not json"), None);
     }
 }

@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 
 use hmac::{Hmac, Mac};
-use http::{HeaderName, HeaderValue};
+use http::{HeaderName, HeaderValue, StatusCode};
 use sha2::Sha256;
 
 use crate::marketplace::{Sign, SignInput, TokenNeed};
@@ -45,6 +45,25 @@ impl Sign for TiktokCredentials {
 
     fn explain(&self, input: SignInput<'_>) -> Result<String, SignError> {
         sign(input, self, true).map(|(_, explanation)| explanation.unwrap_or_default())
+    }
+
+    /// 106001 (the `sign` is invalid), and 36009004 when its message is about the signature or
+    /// the timestamp (the same code also covers unrelated mistakes).
+    fn rejection(&self, _status: StatusCode, body: &[u8]) -> Option<String> {
+        #[derive(serde::Deserialize)]
+        struct Envelope {
+            code: i64,
+            #[serde(default)]
+            message: String,
+        }
+        let envelope: Envelope = serde_json::from_slice(body).ok()?;
+        let message = envelope.message.to_ascii_lowercase();
+        let about_signing = message.contains("sign") || message.contains("timestamp");
+        match envelope.code {
+            106001 => Some("106001".to_owned()),
+            36009004 if about_signing => Some("36009004".to_owned()),
+            _ => None,
+        }
     }
 }
 
@@ -662,6 +681,32 @@ mod tests {
             "{}",
             s.explanation
         );
+    }
+
+    #[test]
+    fn signature_rejections_are_recognised_and_nothing_else() {
+        let c = creds("s", "k");
+        let status = StatusCode::UNAUTHORIZED;
+        let answer = |code: i64, message: &str| {
+            format!(r#"{{"code":{code},"message":"{message}","request_id":"r","data":null}}"#)
+        };
+        assert_eq!(
+            c.rejection(status, answer(106001, "Invalid credentials").as_bytes()),
+            Some("106001".to_owned())
+        );
+        assert_eq!(
+            c.rejection(status, answer(36009004, "Invalid timestamp").as_bytes()),
+            Some("36009004".to_owned())
+        );
+        assert_eq!(
+            c.rejection(status, answer(36009004, "Unexpected identifier").as_bytes()),
+            None
+        );
+        assert_eq!(
+            c.rejection(status, answer(105002, "access token expired").as_bytes()),
+            None
+        );
+        assert_eq!(c.rejection(status, b"<html>"), None);
     }
 
     /// `%C3` alone is not UTF-8: refused with the parameter's name rather than signed as U+FFFD.
