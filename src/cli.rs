@@ -1,5 +1,5 @@
-//! The `signproxy` command line: `run`, `check`, `sign`, `ca` and `health` (see the CLI contract
-//! in README.md).
+//! The `signproxy` command line: `run`, `check`, `sign`, `doctor`, `ca` and `health` (see the CLI
+//! contract in README.md).
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -59,6 +59,23 @@ enum Command {
     },
     /// Print a request exactly as signproxy would send it upstream.
     Sign(SignArgs),
+    /// Check the signature on a request your own code signed, and name the mistake if it is
+    /// wrong. Exit 0 when it is right, 1 when it is not.
+    Doctor {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The profile to check against (default: the one serving the request's host).
+        #[arg(long)]
+        profile: Option<String>,
+        /// The time to judge the timestamp against (Unix seconds; default: now).
+        #[arg(long)]
+        now: Option<u64>,
+        /// Print JSON for tools instead of text for people.
+        #[arg(long)]
+        json: bool,
+        /// The raw HTTP request (request line, headers, blank line, body); `-` for stdin.
+        request: PathBuf,
+    },
     /// Probe a running signproxy's admin port (for container health checks): exit 0 when ready.
     Health {
         /// Config file whose [admin] listen to probe (same default as `run`).
@@ -100,6 +117,19 @@ pub fn main() -> ExitCode {
         Command::Ca { action } => ca(action),
         Command::Sign(args) => sign(args),
         Command::Health { config, addr, live } => health(config, addr, live),
+        Command::Doctor {
+            config,
+            profile,
+            now,
+            json,
+            request,
+        } => match load(config)
+            .and_then(|c| crate::doctor::run(&c, &request, profile.as_deref(), now, json))
+        {
+            Ok(true) => return ExitCode::SUCCESS,
+            Ok(false) => return ExitCode::from(1),
+            Err(message) => Err(message),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -29,6 +29,8 @@
 //! - [`proxy`]: the server: live state and reload, admission (auth, head limits), accept loop,
 //!   limits and shutdown, the canonical log line, absolute-form forwarding, CONNECT, and the
 //!   single place where errors become HTTP responses.
+//! - [`doctor`]: `signproxy doctor`: a raw request someone's code signed → the marketplace's
+//!   diagnosis (right, or which mistake).
 //! - [`admin`]: the operator's port: `/healthz`, `/readyz`, `/metrics`.
 //! - [`logging`]: log output setup (`[log] format` and `level`).
 //! - `fuzzing` (hidden): entry points shared by the fuzz targets and the corpus regression test.
@@ -40,6 +42,7 @@ pub mod ca;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub(crate) mod doctor;
 pub(crate) mod egress;
 #[doc(hidden)]
 pub mod fuzzing;

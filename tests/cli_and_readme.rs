@@ -401,3 +401,102 @@ fn readme_ca_commands_work_as_written() {
     }
     assert_eq!(ran, 3, "{block}");
 }
+
+/// `doctor` on requests someone else's code signed: the documented vector is right (exit 0); the
+/// same with upper-case hex is wrong and named (exit 1, text and JSON); a request signed with
+/// another profile's secret names that profile.
+#[test]
+fn doctor_judges_a_raw_request_and_names_the_mistake() {
+    let dir = tempfile::tempdir().unwrap();
+    let sign = "b596b73e0cc6de07ac26f036364178ab16b0a907af13d43f0a0cd2345f582dc8";
+    let write = |name: &str, sign: &str| {
+        let path = dir.path().join(name);
+        let text = format!(
+            "GET https://open-api.tiktokglobalshop.com/authorization/202309/shops?app_key=29a39d&timestamp=1623812664&sign={sign} HTTP/1.1\r\nHost: open-api.tiktokglobalshop.com\r\n\r\n"
+        );
+        std::fs::write(&path, text).unwrap();
+        path.to_string_lossy().into_owned()
+    };
+    let right = write("right.http", sign);
+    let args = |file: &str, extra: &[&str]| {
+        let mut a = vec![
+            "doctor",
+            "--config",
+            "config/signproxy.example.toml",
+            "--now",
+            "1623812670",
+        ];
+        a.extend_from_slice(extra);
+        a.push(file);
+        a.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+    };
+    let run = |a: Vec<String>| {
+        let refs: Vec<&str> = a.iter().map(String::as_str).collect();
+        signproxy(&refs)
+    };
+    let out = run(args(&right, &[]));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert!(
+        stdout(&out).starts_with("tiktok.default: OK"),
+        "{}",
+        stdout(&out)
+    );
+
+    let upper = write("upper.http", &sign.to_uppercase());
+    let out = run(args(&upper, &[]));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("WRONG") && text.contains("upper-case"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "<app_secret>/authorization/202309/shopsapp_key29a39dtimestamp1623812664<app_secret>"
+        ),
+        "{text}"
+    );
+    assert!(
+        !text.contains("e59af819cc"),
+        "the secret is never shown: {text}"
+    );
+    let out = run(args(&upper, &["--json"]));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["profile"], "tiktok.default");
+    assert_eq!(json["diagnosis"]["valid"], false);
+    assert!(json["diagnosis"]["mistake"]
+        .as_str()
+        .unwrap()
+        .contains("upper-case"));
+
+    // Another shop's secret: the config holds both profiles, the request claims the default.
+    let config = dir.path().join("two.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[proxy]\nstate_dir = {:?}\n[tiktok.default]\napp_key = \"29a39d\"\napp_secret = \"other-secret\"\n[tiktok.eu]\napp_key = \"29a39d\"\napp_secret = \"e59af819cc\"\n",
+            dir.path().join("state")
+        ),
+    )
+    .unwrap();
+    let out = signproxy(&[
+        "doctor",
+        "--config",
+        config.to_str().unwrap(),
+        "--now",
+        "1623812670",
+        &right,
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stdout(&out).contains("credentials of profile tiktok.eu"),
+        "{}",
+        stdout(&out)
+    );
+}

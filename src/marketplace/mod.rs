@@ -166,6 +166,41 @@ pub trait Sign: Send + Sync + fmt::Debug {
     fn rejection(&self, _status: StatusCode, _body: &[u8]) -> Option<String> {
         None
     }
+    /// The doctor: whether the signature a client's own code put on `head` is right for its own
+    /// timestamp and, if not, which known mistake reproduces it. `None`: not implemented for this
+    /// marketplace yet.
+    fn diagnose(&self, _head: &RequestHead, _body: &[u8], _now: Timestamp) -> Option<Diagnosis> {
+        None
+    }
+}
+
+/// What the doctor found about a request someone else's code signed.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Diagnosis {
+    pub valid: bool,
+    /// One line for a person.
+    pub verdict: String,
+    /// The known mistake that reproduces the request's signature, when one does.
+    pub mistake: Option<String>,
+    /// What should have been signed, secrets masked.
+    pub expected: String,
+    /// What the client signed instead, reconstructed from the mistake, secrets masked.
+    pub signed: Option<String>,
+    /// Further findings (timestamp in milliseconds, stale, another app's key, ...).
+    pub notes: Vec<String>,
+}
+
+impl Diagnosis {
+    pub fn invalid(verdict: &str, expected: String, notes: Vec<String>) -> Diagnosis {
+        Diagnosis {
+            valid: false,
+            verdict: verdict.to_owned(),
+            mistake: None,
+            expected,
+            signed: None,
+            notes,
+        }
+    }
 }
 
 /// A signed head with the account of how it was signed: what `sign --explain` prints.

@@ -1,6 +1,7 @@
-//! TikTok Shop: the `[tiktok.NAME]` table, its default host, the HMAC signer ([`sign`]) and the
-//! refresh-token OAuth ([`oauth`]).
+//! TikTok Shop: the `[tiktok.NAME]` table, its default host, the HMAC signer ([`sign`]), the
+//! refresh-token OAuth ([`oauth`]) and the signature doctor ([`doctor`]).
 
+pub mod doctor;
 pub mod oauth;
 pub mod sign;
 

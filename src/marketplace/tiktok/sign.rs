@@ -47,6 +47,15 @@ impl Sign for TiktokCredentials {
         sign(input, self, true).map(|(_, explanation)| explanation.unwrap_or_default())
     }
 
+    fn diagnose(
+        &self,
+        head: &RequestHead,
+        body: &[u8],
+        now: crate::clock::Timestamp,
+    ) -> Option<crate::marketplace::Diagnosis> {
+        Some(super::doctor::diagnose(self, head, body, now))
+    }
+
     /// 106001 (the `sign` is invalid), and 36009004 when its message is about the signature or
     /// the timestamp (the same code also covers unrelated mistakes).
     fn rejection(&self, _status: StatusCode, body: &[u8]) -> Option<String> {
