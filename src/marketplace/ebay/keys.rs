@@ -121,6 +121,51 @@ impl PrivateKey {
     }
 }
 
+/// Whether a signature over a message was made with this key, and how.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verified {
+    /// As eBay verifies: Ed25519, or RSASSA-PKCS1-v1_5 over SHA-256.
+    Yes,
+    /// With this RSA key but RSA-PSS, which eBay refuses.
+    Pss,
+    No,
+}
+
+impl PrivateKey {
+    /// Checks `signature` over `message` against this key's public half (the doctor's question:
+    /// did this key sign this base?).
+    pub fn verify(&self, message: &[u8], signature: &[u8]) -> Verified {
+        match self {
+            PrivateKey::Ed25519(key) => {
+                let valid = ed25519_dalek::Signature::from_slice(signature)
+                    .is_ok_and(|sig| key.verifying_key().verify_strict(message, &sig).is_ok());
+                if valid {
+                    Verified::Yes
+                } else {
+                    Verified::No
+                }
+            }
+            PrivateKey::Rsa(key) => {
+                let public = key.to_public_key();
+                let digest = Sha256::digest(message);
+                if public
+                    .verify(Pkcs1v15Sign::new::<Sha256>(), &digest, signature)
+                    .is_ok()
+                {
+                    Verified::Yes
+                } else if public
+                    .verify(rsa::pss::Pss::new::<Sha256>(), &digest, signature)
+                    .is_ok()
+                {
+                    Verified::Pss
+                } else {
+                    Verified::No
+                }
+            }
+        }
+    }
+}
+
 impl fmt::Debug for PrivateKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

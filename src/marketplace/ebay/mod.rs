@@ -1,6 +1,7 @@
 //! eBay: the `[ebay.NAME]` table, its default hosts, RFC 9421 signing with Content-Digest
-//! ([`sign`]), key loading ([`keys`]) and OAuth ([`oauth`]).
+//! ([`sign`]), key loading ([`keys`]), OAuth ([`oauth`]) and the signature doctor ([`doctor`]).
 
+pub mod doctor;
 pub mod keys;
 pub mod oauth;
 pub mod sign;

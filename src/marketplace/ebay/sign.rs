@@ -102,6 +102,15 @@ impl Sign for EbayCredentials {
         sign(input, self, true).map(|(_, explanation)| explanation.unwrap_or_default())
     }
 
+    fn diagnose(
+        &self,
+        head: &RequestHead,
+        body: &[u8],
+        now: crate::clock::Timestamp,
+    ) -> Option<crate::marketplace::Diagnosis> {
+        Some(super::doctor::diagnose(self, head, body, now))
+    }
+
     /// The 2151xx family: missing or wrong digest, signature, signature input, `created`, JWE.
     fn rejection(&self, _status: http::StatusCode, body: &[u8]) -> Option<String> {
         #[derive(serde::Deserialize)]
