@@ -73,8 +73,19 @@ enum Command {
         /// Print JSON for tools instead of text for people.
         #[arg(long)]
         json: bool,
-        /// The raw HTTP request (request line, headers, blank line, body); `-` for stdin.
-        request: PathBuf,
+        /// With METHOD URL: a request header as your code sent it, signature headers included.
+        #[arg(short = 'H', long = "header")]
+        headers: Vec<String>,
+        /// With METHOD URL: the body as sent.
+        #[arg(short = 'd', long = "data", conflicts_with = "data_file")]
+        data: Option<String>,
+        /// With METHOD URL: read the body as sent from this file.
+        #[arg(long = "data-file")]
+        data_file: Option<PathBuf>,
+        /// A file with the raw HTTP request (request line, headers, blank line, body), `-` for
+        /// stdin; or METHOD URL (the URL with your code's query, `sign` included) and -H/-d.
+        #[arg(required = true, num_args = 1..=2)]
+        request: Vec<String>,
     },
     /// Probe a running signproxy's admin port (for container health checks): exit 0 when ready.
     Health {
@@ -122,10 +133,14 @@ pub fn main() -> ExitCode {
             profile,
             now,
             json,
+            headers,
+            data,
+            data_file,
             request,
-        } => match load(config)
-            .and_then(|c| crate::doctor::run(&c, &request, profile.as_deref(), now, json))
-        {
+        } => match crate::doctor::read_input(&request, &headers, data, data_file).and_then(|raw| {
+            let config = load(config)?;
+            crate::doctor::run(&config, &raw, profile.as_deref(), now, json)
+        }) {
             Ok(true) => return ExitCode::SUCCESS,
             Ok(false) => return ExitCode::from(1),
             Err(message) => Err(message),

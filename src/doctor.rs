@@ -188,23 +188,57 @@ pub fn render(profile: &Profile, diagnosis: &Diagnosis) -> String {
     out
 }
 
+/// The raw request `doctor` judges: from a file (`-`: stdin), or put together from `METHOD URL`
+/// with `-H` headers and a `-d`/`--data-file` body, as `sign` takes them.
+pub fn read_input(
+    request: &[String],
+    headers: &[String],
+    data: Option<String>,
+    data_file: Option<PathBuf>,
+) -> Result<Vec<u8>, String> {
+    match request {
+        [file] => {
+            let mut raw = Vec::new();
+            if file == "-" {
+                std::io::stdin()
+                    .read_to_end(&mut raw)
+                    .map_err(|e| format!("cannot read the request from stdin: {e}"))?;
+            } else {
+                raw = std::fs::read(file).map_err(|e| format!("cannot read {file} ({e})"))?;
+            }
+            Ok(raw)
+        }
+        [method, url] => {
+            let mut head = format!("{method} {url} HTTP/1.1\r\n");
+            for header in headers {
+                head.push_str(header);
+                head.push_str("\r\n");
+            }
+            head.push_str("\r\n");
+            let mut raw = head.into_bytes();
+            match (data, data_file) {
+                (Some(data), _) => raw.extend_from_slice(data.as_bytes()),
+                (None, Some(path)) => raw
+                    .extend(std::fs::read(&path).map_err(|e| {
+                        format!("cannot read --data-file {} ({e})", path.display())
+                    })?),
+                (None, None) => {}
+            }
+            Ok(raw)
+        }
+        _ => Err("give a request file (or -), or METHOD URL".to_owned()),
+    }
+}
+
 /// `signproxy doctor`: Ok(true) when the signature is right.
 pub fn run(
     config: &Config,
-    file: &PathBuf,
+    raw: &[u8],
     profile: Option<&str>,
     now: Option<u64>,
     json: bool,
 ) -> Result<bool, String> {
-    let mut raw = Vec::new();
-    if file.as_os_str() == "-" {
-        std::io::stdin()
-            .read_to_end(&mut raw)
-            .map_err(|e| format!("cannot read the request from stdin: {e}"))?;
-    } else {
-        raw = std::fs::read(file).map_err(|e| format!("cannot read {} ({e})", file.display()))?;
-    }
-    let request = parse_request(&raw)?;
+    let request = parse_request(raw)?;
     let profile = profile_for(config, &request.host, profile)?;
     let now = now
         .map(Timestamp::from_secs)

@@ -475,6 +475,23 @@ fn doctor_judges_a_raw_request_and_names_the_mistake() {
         .unwrap()
         .contains("upper-case"));
 
+    // The same request given as `sign` takes one: METHOD URL (with the query as sent).
+    let url = format!(
+        "https://open-api.tiktokglobalshop.com/authorization/202309/shops?app_key=29a39d&timestamp=1623812664&sign={sign}"
+    );
+    let out = run(args("GET", &[]).into_iter().chain([url.clone()]).collect());
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    let upper_url = url.replace(sign, &sign.to_uppercase());
+    let out = run(args("GET", &[]).into_iter().chain([upper_url]).collect());
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stdout(&out).contains("upper-case"), "{}", stdout(&out));
+
     // Another shop's secret: the config holds both profiles, the request claims the default.
     let config = dir.path().join("two.toml");
     std::fs::write(
