@@ -11,9 +11,13 @@ use std::time::Duration;
 
 use common::proxy::{test_config, ProxyHarness, TIKTOK_APP_KEY, TIKTOK_APP_SECRET};
 use common::*;
+use signproxy::clock::{Clock as _, ManualClock, SharedClock, Timestamp};
 
 const HOST: &str = "open-api.tiktokglobalshop.com";
 const EBAY_RT: &str = "v^1.1#i^1#r^1#f^0#p^3#I^3#t^Ul4x+MF8/Rl4=";
+
+/// A `content-encoding` name and the function that encodes a body that way.
+type Encoding = (&'static str, fn(&[u8]) -> Vec<u8>);
 
 #[derive(Default)]
 struct Endpoint {
@@ -27,8 +31,11 @@ struct Endpoint {
     rejected_tokens: Vec<String>,
     /// ... sent chunked, with no content-length.
     reject_chunked: bool,
-    /// ... gzip-encoded (`content-encoding: gzip`).
-    reject_gzip: bool,
+    /// ... with this `content-encoding`, the body encoded by the function.
+    reject_encoding: Option<Encoding>,
+    /// The test clock the proxy reads, when it runs on one: grants then expire `lifetime` after
+    /// its now rather than the machine's.
+    clock: Option<Arc<ManualClock>>,
     /// What the token endpoint saw: refresh tokens (TikTok) or form bodies (eBay).
     seen: Vec<String>,
     authorizations: Vec<String>,
@@ -78,11 +85,14 @@ impl World {
                     ));
                 }
                 let n = g.fetch_add(1, Ordering::SeqCst) + 1;
-                let b = Behaviour::tiktok_grant(
-                    &format!("TTP_access_{n}"),
-                    &format!("rt-{n}"),
-                    ep.lifetime,
-                );
+                let b = match &ep.clock {
+                    Some(clock) => tiktok_grant_until(n, clock.now().secs() + ep.lifetime),
+                    None => Behaviour::tiktok_grant(
+                        &format!("TTP_access_{n}"),
+                        &format!("rt-{n}"),
+                        ep.lifetime,
+                    ),
+                };
                 return Some(match ep.delay {
                     Some(d) => b.with_delay(d),
                     None => b,
@@ -118,18 +128,16 @@ impl World {
                 } else {
                     Behaviour::ebay_error(401, 1001, "Invalid access token")
                 };
-                let answer = if ep.reject_gzip {
-                    let plain = answer.body.clone().unwrap_or_default();
-                    let mut gz =
-                        flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-                    std::io::Write::write_all(&mut gz, &plain).unwrap();
-                    Behaviour {
-                        body: Some(gz.finish().unwrap()),
-                        ..answer
+                let answer = match ep.reject_encoding {
+                    Some((name, encode)) => {
+                        let plain = answer.body.clone().unwrap_or_default();
+                        Behaviour {
+                            body: Some(encode(&plain)),
+                            ..answer
+                        }
+                        .with_header("content-encoding", name)
                     }
-                    .with_header("content-encoding", "gzip")
-                } else {
-                    answer
+                    None => answer,
                 };
                 return Some(if ep.reject_chunked {
                     answer.with_chunked()
@@ -161,6 +169,19 @@ impl World {
         ProxyHarness::start(config, &self.ca, Some(&self.upstream)).await
     }
 
+    /// The proxy reading time from `clock`, which the token endpoint's grants follow too (the
+    /// TLS handshakes keep the machine's time).
+    async fn proxy_with_clock(&self, config: &str, clock: &Arc<ManualClock>) -> ProxyHarness {
+        self.endpoint.lock().unwrap().clock = Some(Arc::clone(clock));
+        let shared: SharedClock = clock.clone();
+        ProxyHarness::start_with_clock(config, &self.ca, Some(&self.upstream), shared).await
+    }
+
+    /// Every call the TikTok token endpoint received, answered or refused.
+    fn token_calls(&self) -> usize {
+        self.endpoint.lock().unwrap().seen.len()
+    }
+
     fn api_requests(&self) -> Vec<Received> {
         self.upstream
             .requests()
@@ -176,6 +197,86 @@ impl World {
     fn grants(&self) -> usize {
         self.grants.load(Ordering::SeqCst)
     }
+}
+
+/// TikTok's grant for the `n`th token, expiring at `expires_at` (TikTok sends absolute times).
+fn tiktok_grant_until(n: usize, expires_at: u64) -> Behaviour {
+    let body = serde_json::json!({
+        "code": 0, "message": "success", "request_id": "t",
+        "data": {
+            "access_token": format!("TTP_access_{n}"),
+            "access_token_expire_in": expires_at,
+            "refresh_token": format!("rt-{n}"),
+            "refresh_token_expire_in": expires_at + 30 * 86400,
+        }
+    });
+    Behaviour::json(200, &body.to_string())
+}
+
+/// Unix seconds from the machine's clock: the reference the proxy's own clock is judged by.
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// The store's `seed` for a TikTok profile, computed here from its definition (the first 12
+/// bytes of SHA-256 over `tiktok`, the app key and the configured refresh token, NUL-separated,
+/// in hex) rather than by signproxy.
+fn tiktok_seed(app_key: &str, refresh_token: &str) -> String {
+    let input = format!("tiktok\0{app_key}\0{refresh_token}");
+    hex::encode(&ring::digest::digest(&ring::digest::SHA256, input.as_bytes()).as_ref()[..12])
+}
+
+fn gzip(plain: &[u8]) -> Vec<u8> {
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut gz, plain).unwrap();
+    gz.finish().unwrap()
+}
+
+/// HTTP's `deflate` is the zlib format (RFC 9110 §8.4.1.2), not a raw deflate stream.
+fn deflate(plain: &[u8]) -> Vec<u8> {
+    let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut z, plain).unwrap();
+    z.finish().unwrap()
+}
+
+/// A valid brotli stream (RFC 7932) of `plain`, made of uncompressed meta-blocks so that no
+/// brotli library is needed: WBITS 16 (one 0 bit), then per block of up to 64 KiB: ISLAST=0,
+/// MNIBBLES=4, MLEN-1, ISUNCOMPRESSED=1, zero bits to the byte boundary, the bytes; then an
+/// empty last meta-block (ISLAST=1, ISLASTEMPTY=1). `curl --compressed` decodes it to `plain`.
+fn brotli_stored(plain: &[u8]) -> Vec<u8> {
+    if plain.is_empty() {
+        return vec![0b110];
+    }
+    let mut out = Vec::new();
+    for (i, block) in plain.chunks(1 << 16).enumerate() {
+        let mlen_minus_1 = u32::try_from(block.len() - 1).unwrap();
+        let meta_header = (mlen_minus_1 << 3) | (1 << 19);
+        // Only the first block follows the stream's WBITS bit; later ones start on a byte.
+        let bits = if i == 0 {
+            meta_header << 1
+        } else {
+            meta_header
+        };
+        out.extend_from_slice(&bits.to_le_bytes()[..3]);
+        out.extend_from_slice(block);
+    }
+    out.push(0b11);
+    out
+}
+
+/// Not encoded at all: the bytes of the answer as they are.
+fn unencoded(plain: &[u8]) -> Vec<u8> {
+    plain.to_vec()
+}
+
+/// TikTok's "access token expired" body, as the test world sends it before encoding.
+fn tiktok_expired_body() -> Vec<u8> {
+    Behaviour::tiktok_error(200, 105002, "access token expired")
+        .body
+        .unwrap()
 }
 
 async fn get(proxy: &ProxyHarness, ca: &TestCa, path: &str) -> (u16, String) {
@@ -206,22 +307,147 @@ async fn first_use_fetches_a_token_then_reuses_it() {
             "never in the query for 202309+"
         );
     }
-    // A client that brings its own token is left alone, and needs no grant.
-    let client = reqwest_via_proxy(proxy.addr, &world.ca.ca_pem());
-    client
-        .get(format!("http://{HOST}/x"))
+}
+
+const EBAY_TOKEN_PATH: &str = "/identity/v1/oauth2/token";
+
+/// README: "A request that brings its own token (`x-tts-access-token`, `Authorization`,
+/// `X-EBAY-API-IAF-TOKEN`) is left alone", and eBay's token endpoint "passes unsigned". On a
+/// fresh proxy (no token cached, none stored) whose token endpoints only answer 500, such
+/// requests must not touch a token endpoint at all: they are forwarded, signed where the
+/// marketplace signs, with the client's credential as sent. Requests without a credential then
+/// show that the endpoints are counted and failing.
+#[tokio::test]
+async fn own_credentials_and_the_ebay_token_endpoint_fetch_nothing_from_a_failing_endpoint() {
+    let ca = TestCa::new();
+    let ebay_key = EbayTestKey::rfc9421_ed25519();
+    let upstream = TestUpstream::start(
+        &ca,
+        Verifier::ByHost(vec![
+            (
+                HOST.into(),
+                Verifier::tiktok(TIKTOK_APP_KEY, TIKTOK_APP_SECRET),
+            ),
+            (
+                "api.ebay.com".into(),
+                Verifier::ebay(ebay_key.public.clone()),
+            ),
+        ]),
+    );
+    // The profiles' token endpoints: TikTok's, and eBay's moved to `localhost` (through
+    // `token_url`) so that a client's own call to api.ebay.com's token path is not counted.
+    let token_calls = Arc::new(AtomicUsize::new(0));
+    let calls = token_calls.clone();
+    upstream.set_handler(move |r: &Received| {
+        let host = r.host_name().unwrap_or_default();
+        let tiktok = host == "auth.tiktok-shops.com";
+        let ebay = host == "localhost" && r.path() == EBAY_TOKEN_PATH;
+        (tiktok || ebay).then(|| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Behaviour::json(500, r#"{"error":"server_error"}"#)
+        })
+    });
+    let profiles = format!(
+        "[tiktok.default]\napp_key = \"{TIKTOK_APP_KEY}\"\napp_secret = \"{TIKTOK_APP_SECRET}\"\nrefresh_token = \"rt-0\"\n\n\
+         [ebay.default]\nprivate_key = \"\"\"\n{}\"\"\"\njwe = \"jwe\"\nclient_id = \"app-id\"\nclient_secret = \"cl-secret\"\n\
+         refresh_token = \"{EBAY_RT}\"\ntoken_url = \"https://localhost{EBAY_TOKEN_PATH}\"\n",
+        common::keys::RFC9421_ED25519_PRIVATE_PEM
+    );
+    let proxy = ProxyHarness::start(&test_config("", "", &profiles), &ca, Some(&upstream)).await;
+    let client = reqwest_via_proxy(proxy.addr, &ca.ca_pem());
+
+    // TikTok, the client's own access token.
+    let resp = client
+        .get(format!("http://{HOST}/order/202309/orders?page_size=5"))
         .header("x-tts-access-token", "TTP_client_own")
         .send()
         .await
         .unwrap();
+    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+    let r = upstream.last_request();
+    assert_eq!(r.header_all("x-tts-access-token"), [b"TTP_client_own"]);
+    assert!(r.signature.ok, "signed: {:?}", r.signature.error);
+
+    // eBay REST, the client's own Authorization.
+    let resp = client
+        .get("http://api.ebay.com/sell/fulfillment/v1/order")
+        .header("authorization", "Bearer v^1.1#client_own")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+    let r = upstream.last_request();
+    assert_eq!(r.header_all("authorization"), [b"Bearer v^1.1#client_own"]);
+    assert_eq!(r.signature.scheme, "ebay");
+    assert!(r.signature.ok, "signed: {:?}", r.signature.error);
+
+    // eBay Trading API, the client's own IAF token.
+    let xml = "<?xml version=\"1.0\"?><GeteBayOfficialTimeRequest/>";
+    let resp = client
+        .post("http://api.ebay.com/ws/api.dll")
+        .header("x-ebay-api-iaf-token", "v^1.1#client_iaf")
+        .header("x-ebay-api-call-name", "GeteBayOfficialTime")
+        .body(xml)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+    let r = upstream.last_request();
+    assert_eq!(r.header_all("x-ebay-api-iaf-token"), [b"v^1.1#client_iaf"]);
+    assert!(!r.has_header("authorization"), "no token added beside it");
+    assert_eq!(r.body, xml.as_bytes());
+    assert!(r.signature.ok, "signed: {:?}", r.signature.error);
+
+    // eBay's token endpoint path, with no credential at all: only the path exempts it.
+    let form = "grant_type=client_credentials&scope=https%3A%2F%2Fapi.ebay.com%2Foauth%2Fapi_scope";
+    let resp = client
+        .post(format!("http://api.ebay.com{EBAY_TOKEN_PATH}"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+    let r = upstream.last_request();
+    assert_eq!(r.host_name().as_deref(), Some("api.ebay.com"));
+    assert_eq!(r.path(), EBAY_TOKEN_PATH);
+    assert_eq!(r.body, form.as_bytes());
+    for name in [
+        "authorization",
+        "signature",
+        "signature-input",
+        "x-ebay-signature-key",
+        "content-digest",
+    ] {
+        assert!(!r.has_header(name), "the token endpoint call got {name}");
+    }
+
     assert_eq!(
-        world
-            .upstream
-            .last_request()
-            .header_str("x-tts-access-token"),
-        Some("TTP_client_own")
+        token_calls.load(Ordering::SeqCst),
+        0,
+        "no token endpoint was asked for a token"
     );
-    assert_eq!(world.grants(), 1);
+    assert_eq!(upstream.requests().len(), 4, "all four were forwarded");
+
+    // Control: without a credential, each profile does need a token, and cannot get one.
+    for url in [
+        format!("http://{HOST}/order/202309/orders"),
+        "http://api.ebay.com/sell/fulfillment/v1/order".to_owned(),
+    ] {
+        let resp = client.get(&url).send().await.unwrap();
+        assert_eq!(resp.status(), 503, "{url}");
+        assert_eq!(resp.headers()["x-signproxy-error"], "token_unavailable");
+    }
+    assert_eq!(
+        token_calls.load(Ordering::SeqCst),
+        2,
+        "one call per profile"
+    );
+    assert_eq!(
+        upstream.requests().len(),
+        6,
+        "the two calls to the token endpoints, nothing to the APIs"
+    );
 }
 
 #[tokio::test]
@@ -253,16 +479,23 @@ async fn concurrent_requests_share_exactly_one_refresh() {
         .all(|r| r.header_str("x-tts-access-token") == Some("TTP_access_1") && r.signature.ok));
 }
 
+/// README: "short-lived tokens at half their life". On a manual clock, 4 s tokens: the cached
+/// one serves until 2 s have passed, and the request at 2 s refreshes it.
 #[tokio::test]
 async fn a_token_near_expiry_is_refreshed_ahead_of_time() {
     let world = World::new();
-    // 4 s tokens: refreshed once half their life has passed.
     world.endpoint.lock().unwrap().lifetime = 4;
-    let proxy = world.proxy(&World::tiktok_config("rt-0")).await;
+    let t0 = unix_now();
+    let clock = ManualClock::new(Timestamp::from_secs(t0));
+    let proxy = world
+        .proxy_with_clock(&World::tiktok_config("rt-0"), &clock)
+        .await;
     assert_eq!(get(&proxy, &world.ca, "/a").await.0, 200);
     assert_eq!(world.grants(), 1);
-    // Time itself is the behaviour under test here.
-    tokio::time::sleep(Duration::from_millis(2600)).await;
+    clock.set(Timestamp::from_millis((t0 + 2) * 1000 - 1));
+    assert_eq!(get(&proxy, &world.ca, "/a-bit-later").await.0, 200);
+    assert_eq!(world.grants(), 1, "not yet half its life");
+    clock.set(Timestamp::from_secs(t0 + 2));
     assert_eq!(get(&proxy, &world.ca, "/b").await.0, 200);
     assert_eq!(world.grants(), 2);
     assert_eq!(
@@ -332,14 +565,14 @@ async fn token_expired_answer_refreshes_once_and_retries_signed_afresh() {
 /// given, a proxy in front of it, and a client through that proxy.
 async fn rejecting_first_token(
     chunked: bool,
-    gzip: bool,
+    encoding: Option<Encoding>,
 ) -> (World, ProxyHarness, reqwest::Client) {
     let world = World::new();
     {
         let mut ep = world.endpoint.lock().unwrap();
         ep.rejected_tokens = vec!["TTP_access_1".into()];
         ep.reject_chunked = chunked;
-        ep.reject_gzip = gzip;
+        ep.reject_encoding = encoding;
     }
     let proxy = world.proxy(&World::tiktok_config("rt-0")).await;
     let client = reqwest_via_proxy(proxy.addr, &world.ca.ca_pem());
@@ -365,7 +598,7 @@ async fn assert_refreshed_and_retried(world: &World, client: &reqwest::Client) {
 /// recognised; and a long chunked answer on a managed token streams through byte for byte.
 #[tokio::test]
 async fn chunked_token_expired_answer_is_recognised_and_long_answers_stream_intact() {
-    let (world, _proxy, client) = rejecting_first_token(true, false).await;
+    let (world, _proxy, client) = rejecting_first_token(true, None).await;
     assert_refreshed_and_retried(&world, &client).await;
 
     // 200 KB streamed chunked: more than is inspected, so it is relayed as it comes.
@@ -388,15 +621,58 @@ async fn chunked_token_expired_answer_is_recognised_and_long_answers_stream_inta
 /// "token expired" answer is still recognised.
 #[tokio::test]
 async fn gzip_token_expired_answer_is_recognised() {
-    let (world, _proxy, client) = rejecting_first_token(true, true).await;
+    let (world, _proxy, client) = rejecting_first_token(true, Some(("gzip", gzip))).await;
     assert_refreshed_and_retried(&world, &client).await;
+}
+
+/// README: "gzip/deflate-encoded answers included". HTTP's deflate (zlib), with a length.
+#[tokio::test]
+async fn deflate_token_expired_answer_is_recognised() {
+    let (world, _proxy, client) = rejecting_first_token(false, Some(("deflate", deflate))).await;
+    assert_refreshed_and_retried(&world, &client).await;
+}
+
+/// README: "A `br`-encoded answer is not inspected." A "token expired" answer sent as brotli
+/// reaches the client as the upstream sent it: no refresh, no retry, the same bytes. Twice: as
+/// a real brotli stream, and as bytes that would read as the answer if anything looked at
+/// them, so that inspecting br answers without a decoder fails here too.
+#[tokio::test]
+async fn br_token_expired_answer_streams_to_the_client_untouched() {
+    for (what, encode) in [
+        ("a brotli stream", brotli_stored as fn(&[u8]) -> Vec<u8>),
+        ("readable bytes labelled br", unencoded),
+    ] {
+        let (world, _proxy, client) = rejecting_first_token(false, Some(("br", encode))).await;
+        let resp = client
+            .get(format!("http://{HOST}/order/202309/orders"))
+            .header("accept-encoding", "br")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{what}");
+        assert_eq!(
+            resp.headers().get("content-encoding").map(|v| v.as_bytes()),
+            Some(&b"br"[..]),
+            "{what}: the upstream's answer, not a retried one"
+        );
+        let bytes = resp.bytes().await.unwrap();
+        assert!(
+            bytes[..] == encode(&tiktok_expired_body())[..],
+            "{what}: the bytes as sent, got {bytes:?}"
+        );
+        assert_eq!(world.grants(), 1, "{what}: no refresh");
+        assert_eq!(world.api_requests().len(), 1, "{what}: no retry");
+    }
 }
 
 #[tokio::test]
 async fn token_endpoint_down_is_503_then_recovers() {
     let world = World::new();
     world.endpoint.lock().unwrap().down = true;
-    let proxy = world.proxy(&World::tiktok_config("rt-0")).await;
+    let clock = ManualClock::new(Timestamp::from_secs(unix_now()));
+    let proxy = world
+        .proxy_with_clock(&World::tiktok_config("rt-0"), &clock)
+        .await;
     let client = reqwest_via_proxy(proxy.addr, &world.ca.ca_pem());
     let resp = client.get(format!("http://{HOST}/x")).send().await.unwrap();
     assert_eq!(resp.status(), 503);
@@ -415,9 +691,136 @@ async fn token_endpoint_down_is_503_then_recovers() {
 
     world.endpoint.lock().unwrap().down = false;
     // Past the first cooldown (1 s), the next request tries again and succeeds.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    clock.advance_secs(1);
     let resp = client.get(format!("http://{HOST}/x")).send().await.unwrap();
     assert_eq!(resp.status(), 200);
+    assert_eq!(
+        world
+            .upstream
+            .last_request()
+            .header_str("x-tts-access-token"),
+        Some("TTP_access_1")
+    );
+}
+
+/// One request through the proxy: its status and `x-signproxy-error` (empty when none).
+async fn status_and_error(client: &reqwest::Client, path: &str) -> (u16, String) {
+    let resp = client
+        .get(format!("http://{HOST}{path}"))
+        .send()
+        .await
+        .unwrap();
+    let error = resp
+        .headers()
+        .get("x-signproxy-error")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    (resp.status().as_u16(), error)
+}
+
+/// README: "A token is never injected past its expiry." The proxy runs on a manual clock; the
+/// token endpoint goes down once the first token is held. One second before expiry (inside the
+/// refresh window) the failed refresh falls back to the still-valid token; from the expiry
+/// second on, the request gets 503 token_unavailable and nothing reaches the API.
+#[tokio::test]
+async fn a_token_is_never_injected_past_its_expiry_when_refreshing_fails() {
+    let world = World::new();
+    let t0 = unix_now();
+    world.endpoint.lock().unwrap().lifetime = 3600;
+    let expiry = t0 + 3600;
+    let clock = ManualClock::new(Timestamp::from_secs(t0));
+    let proxy = world
+        .proxy_with_clock(&World::tiktok_config("rt-0"), &clock)
+        .await;
+    let client = reqwest_via_proxy(proxy.addr, &world.ca.ca_pem());
+    assert_eq!(
+        status_and_error(&client, "/first").await,
+        (200, String::new())
+    );
+    world.endpoint.lock().unwrap().down = true;
+
+    clock.set(Timestamp::from_secs(expiry - 1));
+    assert_eq!(
+        status_and_error(&client, "/last-second").await,
+        (200, String::new())
+    );
+    assert_eq!(world.token_calls(), 2, "the refresh was tried, and failed");
+    let last = world.upstream.last_request();
+    assert_eq!(last.path(), "/last-second");
+    assert_eq!(last.header_str("x-tts-access-token"), Some("TTP_access_1"));
+
+    for at in [expiry, expiry + 1, expiry + 86400] {
+        clock.set(Timestamp::from_secs(at));
+        assert_eq!(
+            status_and_error(&client, "/expired").await,
+            (503, "token_unavailable".to_owned()),
+            "{} s past expiry",
+            at - expiry
+        );
+    }
+    assert_eq!(
+        world.api_requests().len(),
+        2,
+        "nothing reached the API once the token expired"
+    );
+    assert!(world.token_calls() >= 3, "refreshes kept being tried");
+}
+
+/// README: "refreshes back off (1 s, doubling to 60 s) until it answers". On a manual clock,
+/// with the token endpoint down: a request 1 ms before each backoff ends does not call the
+/// endpoint, one at its end does; the gaps double from 1 s and stay at 60 s. Once the endpoint
+/// answers, the next attempt gets a token.
+#[tokio::test]
+async fn refresh_backoff_doubles_from_one_second_up_to_sixty() {
+    let world = World::new();
+    world.endpoint.lock().unwrap().down = true;
+    let mut at = unix_now() * 1000;
+    let clock = ManualClock::new(Timestamp::from_millis(at));
+    let proxy = world
+        .proxy_with_clock(&World::tiktok_config("rt-0"), &clock)
+        .await;
+    let client = reqwest_via_proxy(proxy.addr, &world.ca.ca_pem());
+    let unavailable = (503, "token_unavailable".to_owned());
+
+    assert_eq!(status_and_error(&client, "/x").await, unavailable);
+    assert_eq!(world.token_calls(), 1, "the first request tries at once");
+    // Each backoff is found by probing every second's last millisecond, then the second itself:
+    // the first probe that reaches the endpoint gives the gap, to the millisecond.
+    let mut observed = Vec::new();
+    for _ in 0..9 {
+        let before = world.token_calls();
+        let mut gap_ms = None;
+        'probe: for secs in 1..=120u64 {
+            for offset in [secs * 1000 - 1, secs * 1000] {
+                clock.set(Timestamp::from_millis(at + offset));
+                assert_eq!(status_and_error(&client, "/x").await, unavailable);
+                if world.token_calls() > before {
+                    gap_ms = Some(offset);
+                    break 'probe;
+                }
+            }
+        }
+        let gap_ms = gap_ms.expect("another attempt within 120 s");
+        assert_eq!(world.token_calls(), before + 1, "one attempt per backoff");
+        observed.push(gap_ms);
+        at += gap_ms;
+    }
+    assert_eq!(
+        observed,
+        [1_000, 2_000, 4_000, 8_000, 16_000, 32_000, 60_000, 60_000, 60_000],
+        "milliseconds between attempts"
+    );
+    assert!(
+        world.api_requests().is_empty(),
+        "nothing sent without a token"
+    );
+
+    world.endpoint.lock().unwrap().down = false;
+    clock.set(Timestamp::from_millis(at + 60_000));
+    assert_eq!(
+        status_and_error(&client, "/back").await,
+        (200, String::new())
+    );
     assert_eq!(
         world
             .upstream
@@ -445,17 +848,43 @@ async fn restart_resumes_from_the_persisted_rotated_refresh_token() {
             0o600
         );
     }
-    let stored = std::fs::read_to_string(&file).unwrap();
+    // Read as the documented JSON, not through the store: the rotated refresh token replaced
+    // the configured one, under the seed of the configured credential.
+    let text = std::fs::read_to_string(&file).unwrap();
     assert!(
-        stored.contains("rt-1") && !stored.contains("rt-0"),
+        !text.contains("rt-0"),
+        "the used-up refresh token is gone: {text}"
+    );
+    let stored: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(stored["version"], 1, "{stored}");
+    let profile = &stored["profiles"]["tiktok.default"];
+    assert_eq!(
+        profile["seed"],
+        tiktok_seed(TIKTOK_APP_KEY, "rt-0"),
         "{stored}"
     );
-    // The process dies after writing the next state's temp file, before the rename.
-    signproxy::token::store::write_temp(
-        &file,
-        b"{\"version\":1,\"profiles\":{\"tiktok.default\":{\"se",
-    )
-    .unwrap();
+    assert_eq!(profile["refresh_token"], "rt-1", "{stored}");
+    assert_eq!(profile["access_token"], "TTP_access_1", "{stored}");
+    assert!(
+        profile["expires_at"].as_u64().unwrap() > unix_now(),
+        "{stored}"
+    );
+
+    // The process dies after writing the next state into the store's temp file
+    // (`tokens.json.tmp`, renamed over `tokens.json` once complete), before the rename. Written
+    // here by hand: a complete, valid state of the same lineage, which must still not be taken.
+    let unrenamed = serde_json::json!({
+        "version": 1,
+        "profiles": {"tiktok.default": {
+            "seed": tiktok_seed(TIKTOK_APP_KEY, "rt-0"),
+            "access_token": "TTP_from_the_temp_file",
+            "expires_at": unix_now() + 86400,
+            "obtained_at": unix_now(),
+            "refresh_token": "rt-from-the-temp-file",
+            "refresh_expires_at": null,
+        }}
+    });
+    std::fs::write(state.path().join("tokens.json.tmp"), unrenamed.to_string()).unwrap();
 
     let second = world.proxy(&config).await;
     assert_eq!(get(&second, &world.ca, "/b").await.0, 200);
@@ -497,6 +926,45 @@ async fn restart_resumes_from_the_persisted_rotated_refresh_token() {
             .last()
             .map(String::as_str),
         Some("rt-fresh")
+    );
+}
+
+/// A `tokens.json` written by hand in the documented format (what an earlier release, or an
+/// operator restoring a backup, leaves) is resumed: its token is used without a grant, and its
+/// refresh token for the next refresh. This also vouches for the hand-made fixtures above.
+#[tokio::test]
+async fn a_token_file_in_the_stored_format_is_resumed() {
+    let world = World::new();
+    let state = tempfile::tempdir().unwrap();
+    let file = serde_json::json!({
+        "version": 1,
+        "profiles": {"tiktok.default": {
+            "seed": tiktok_seed(TIKTOK_APP_KEY, "rt-0"),
+            "access_token": "TTP_written_by_hand",
+            "expires_at": unix_now() + 86400,
+            "obtained_at": unix_now(),
+            "refresh_token": "rt-written-by-hand",
+            "refresh_expires_at": unix_now() + 30 * 86400,
+        }}
+    });
+    std::fs::write(state.path().join("tokens.json"), file.to_string()).unwrap();
+    let config = World::tiktok_config("rt-0").replace("@STATE@", &state.path().to_string_lossy());
+    let proxy = world.proxy(&config).await;
+    assert_eq!(get(&proxy, &world.ca, "/a").await.0, 200);
+    assert_eq!(world.grants(), 0, "the stored token is used");
+    assert_eq!(
+        world
+            .upstream
+            .last_request()
+            .header_str("x-tts-access-token"),
+        Some("TTP_written_by_hand")
+    );
+    world.endpoint.lock().unwrap().rejected_tokens = vec!["TTP_written_by_hand".into()];
+    assert_eq!(get(&proxy, &world.ca, "/b").await.0, 200);
+    assert_eq!(
+        world.endpoint.lock().unwrap().seen,
+        vec!["rt-written-by-hand".to_owned()],
+        "the stored refresh token is the one refreshed with"
     );
 }
 
@@ -667,6 +1135,12 @@ async fn token_flows_never_log_secrets_or_token_urls() {
     // #[tokio::test] runs every task of this test on this one thread: a thread-local subscriber
     // sees the proxy's logs too.
     let _guard = tracing::subscriber::set_default(subscriber);
+    // While a process holds exactly one Dispatch, tracing-core (0.1.36) caches a callsite's
+    // interest as seen from whichever thread reaches it first (tokio-rs/tracing#3611): a token
+    // log line first reached by a test running alongside, with no subscriber, would be cached
+    // as unwanted and never reach this one. With a second Dispatch alive, every registered
+    // subscriber is asked instead.
+    let _second_dispatch = tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default());
 
     let world = World::new();
     world.endpoint.lock().unwrap().rejected_tokens = vec!["TTP_access_1".into()];

@@ -46,12 +46,18 @@ pub fn curl_available() -> bool {
         .unwrap_or(false)
 }
 
-/// For the top of a curl test: `if !require_curl("my_test") { return; }`. Prints a note when
-/// curl is absent so the skip is visible with `--nocapture`.
+/// For the top of a curl test: `if !require_curl("my_test") { return; }`. When curl is absent
+/// it prints `SKIPPED: my_test: curl not found` to the process's stderr. Written to the stream
+/// itself rather than with `eprintln!`, which the test harness captures and shows only for
+/// failing tests: a skipped test passes, so its note would otherwise never be seen.
 pub fn require_curl(test_name: &str) -> bool {
     let ok = curl_available();
     if !ok {
-        eprintln!("note: {test_name}: curl not found on PATH; skipping");
+        use std::io::Write as _;
+        let _ = writeln!(
+            std::io::stderr().lock(),
+            "SKIPPED: {test_name}: curl not found (install curl to run it; .ci/run does as root)"
+        );
     }
     ok
 }

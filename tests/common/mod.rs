@@ -29,6 +29,7 @@ pub use client::{
 pub use keys::{EbayPublicKey, EbayTestKey};
 pub use received::{Received, Verdict};
 pub use upstream::{
-    echo_json, pattern_bytes, Behaviour, StreamSpec, TestUpstream, UpstreamOptions, UPSTREAM_NAMES,
+    echo_json, gate, pattern_bytes, Behaviour, Gate, StreamSpec, TestUpstream, UpstreamOptions,
+    UPSTREAM_NAMES,
 };
 pub use verify::{content_digest, verify_ebay, verify_tiktok, Verifier};

@@ -56,6 +56,17 @@ impl ProxyHarness {
         ca: &TestCa,
         upstream: Option<&TestUpstream>,
     ) -> ProxyHarness {
+        Self::start_with_clock(template, ca, upstream, signproxy::clock::system()).await
+    }
+
+    /// Like `start`, with the proxy reading time (signing, token expiry, refresh backoff) from
+    /// `clock`: a `ManualClock` lets a test cross an expiry or a backoff without sleeping.
+    pub async fn start_with_clock(
+        template: &str,
+        ca: &TestCa,
+        upstream: Option<&TestUpstream>,
+        clock: signproxy::clock::SharedClock,
+    ) -> ProxyHarness {
         let dir = tempfile::tempdir().expect("tempdir");
         let upstream_ca_path = ca.write_ca_pem(dir.path());
         let state = dir.path().join("state");
@@ -81,9 +92,13 @@ impl ProxyHarness {
         signproxy::ca::CertificateAuthority::load_or_create(&config.mitm).expect("proxy CA");
         let (stop, stopped) = oneshot::channel::<()>();
         let metrics = Arc::new(signproxy::metrics::Metrics::new());
-        let proxy =
-            signproxy::proxy::Proxy::new(Arc::new(config), Arc::clone(&metrics), vec![addr])
-                .expect("proxy state");
+        let proxy = signproxy::proxy::Proxy::with_clock(
+            Arc::new(config),
+            Arc::clone(&metrics),
+            vec![addr],
+            clock,
+        )
+        .expect("proxy state");
         let serving = proxy.clone();
         let task = tokio::spawn(async move {
             let shutdown = async {

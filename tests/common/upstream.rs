@@ -65,6 +65,17 @@ pub struct Behaviour {
     /// Send `body` (or the echo) in chunked transfer encoding, in small frames, with no
     /// content-length: as API gateways often do.
     pub chunked: bool,
+    /// Hold the response head until the test opens this gate (sends `true`): an answer that is
+    /// in flight for exactly as long as the test needs, however slow the machine is.
+    pub held: Option<tokio::sync::watch::Receiver<bool>>,
+}
+
+/// The sending half of a [`Behaviour::held_until`] gate.
+pub type Gate = tokio::sync::watch::Sender<bool>;
+
+/// A closed gate and the receiver to give [`Behaviour::held_until`].
+pub fn gate() -> (Gate, tokio::sync::watch::Receiver<bool>) {
+    tokio::sync::watch::channel(false)
 }
 
 impl Behaviour {
@@ -186,6 +197,12 @@ impl Behaviour {
 
     pub fn with_close(mut self) -> Behaviour {
         self.close = true;
+        self
+    }
+
+    /// Answer only once `gate` opens (see [`gate`]); a gate dropped unopened means no answer.
+    pub fn held_until(mut self, gate: tokio::sync::watch::Receiver<bool>) -> Behaviour {
+        self.held = Some(gate);
         self
     }
 }
@@ -562,6 +579,12 @@ async fn handle(
     }
     if let Some(delay) = behaviour.delay {
         tokio::time::sleep(delay).await;
+    }
+    if let Some(mut gate) = behaviour.held.clone() {
+        if gate.wait_for(|open| *open).await.is_err() {
+            // The test dropped the gate without opening it: never answer.
+            std::future::pending::<()>().await;
+        }
     }
     let mut builder = Response::builder().status(behaviour.status.unwrap_or(200));
     let body: RespBody = if let Some(spec) = behaviour.stream.clone() {
