@@ -951,6 +951,56 @@ MC4CAQAwBQYDK2VwBCIEIJ+DYvh6SEqVTm50DFtMDoQikTmiCqirVv9mWG9qfSnF
         assert!(!format!("{:?}", iaf.head).contains("secret-token"));
     }
 
+    /// `check` prints this name; nothing else in the request path reads it, so only this pins it.
+    #[test]
+    fn scheme_names_the_key_algorithm() {
+        assert_eq!(creds().scheme(), "eBay RFC 9421 (ed25519)");
+        assert_eq!(rsa_creds().scheme(), "eBay RFC 9421 (rsa-v1_5-sha256)");
+    }
+
+    /// The proxy fetches (and may refresh) a managed token only on `AccessToken`. Each reason
+    /// for `None` must suffice on its own: either credential header, or the token endpoint
+    /// (which takes Basic auth, so a bare request to it still needs no token).
+    #[test]
+    fn token_need_each_reason_alone_suffices() {
+        let need = |path: &str, client: &[(&'static str, &'static str)]| {
+            let mut req = head(Method::POST, "api.ebay.com", path);
+            for (name, value) in client {
+                req.headers.insert(
+                    HeaderName::from_static(name),
+                    HeaderValue::from_static(value),
+                );
+            }
+            creds().token_need(&req)
+        };
+        assert_eq!(need("/sell/x", &[]), TokenNeed::AccessToken);
+        assert_eq!(need("/ws/api.dll", &[]), TokenNeed::AccessToken);
+        assert_eq!(
+            need("/sell/x", &[("authorization", "Bearer mine")]),
+            TokenNeed::None
+        );
+        assert_eq!(
+            need("/ws/api.dll", &[("x-ebay-api-iaf-token", "mine")]),
+            TokenNeed::None
+        );
+        for path in [
+            "/identity/v1/oauth2/token",
+            "/identity/v1/oauth2/token/",
+            "/identity/v1/oauth2/token?grant_type=x",
+        ] {
+            assert_eq!(need(path, &[]), TokenNeed::None, "{path}");
+        }
+        assert_eq!(
+            need("/identity/v1/oauth2/tokens", &[]),
+            TokenNeed::AccessToken
+        );
+        // Unrelated headers are not a credential.
+        assert_eq!(
+            need("/sell/x", &[("x-ebay-c-marketplace-id", "EBAY_US")]),
+            TokenNeed::AccessToken
+        );
+    }
+
     #[test]
     fn bad_host_is_the_clients_error() {
         for authority in ["", "api.ebay.com\r\nx: y"] {

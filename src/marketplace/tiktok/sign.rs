@@ -718,6 +718,27 @@ mod tests {
         assert_eq!(c.rejection(status, b"<html>"), None);
     }
 
+    /// `check` prints this name; nothing else in the request path reads it, so only this pins it.
+    #[test]
+    fn scheme_names_the_algorithm() {
+        assert_eq!(creds("s", "k").scheme(), "TikTok Shop HMAC-SHA256");
+    }
+
+    /// The proxy fetches (and may refresh) a managed token only on `AccessToken`: a client's own
+    /// header must not trigger that, and any other header must not suppress it.
+    #[test]
+    fn token_need_yields_to_the_clients_own_header_only() {
+        let need = |headers: &[(&str, &str)]| {
+            creds("s", "k").token_need(&head(Method::GET, "/p", headers))
+        };
+        assert_eq!(need(&[]), TokenNeed::AccessToken);
+        assert_eq!(
+            need(&[("authorization", "Bearer x")]),
+            TokenNeed::AccessToken
+        );
+        assert_eq!(need(&[("x-tts-access-token", "TTP_own")]), TokenNeed::None);
+    }
+
     /// `%C3` alone is not UTF-8: refused with the parameter's name rather than signed as U+FFFD.
     #[test]
     fn a_query_that_is_not_utf8_is_refused_naming_the_parameter() {
