@@ -238,8 +238,9 @@ fn concat<'a>(
     s
 }
 
-/// The same JSON as other bytes, the way common clients re-serialize it: compact
-/// (`JSON.stringify`, serde), Python's `json.dumps` separators, and keys sorted.
+/// The same JSON as other bytes, the way common clients re-serialize it: compact with keys sorted
+/// (serde_json's maps are ordered, so this also covers "key order changed"), and Python's
+/// `json.dumps` separators.
 fn reserialized(body: &[u8]) -> Vec<(&'static str, Vec<u8>)> {
     let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) else {
         return Vec::new();
@@ -248,7 +249,7 @@ fn reserialized(body: &[u8]) -> Vec<(&'static str, Vec<u8>)> {
     if let Ok(compact) = serde_json::to_vec(&value) {
         if compact != body {
             out.push((
-                "the body was signed compact (`{\"a\":1}`) but sent with other bytes: sign exactly the bytes sent",
+                "the body was signed re-serialized (compact `{\"a\":1}`, keys sorted) but sent with other bytes: sign exactly the bytes sent",
                 compact,
             ));
         }
@@ -452,6 +453,10 @@ mod tests {
         assert!(mistake_of(&post(&wrapped(&inner)), body).contains("body is missing"));
         let python = format!("{inner}{}", r#"{"a": 1, "b": [1, 2]}"#);
         assert!(mistake_of(&post(&wrapped(&python)), body).contains("json.dumps"));
+        // Sent with its keys in one order, signed with them in another.
+        let unsorted = br#"{"b":[1,2],"a":1}"#;
+        let sorted = format!("{inner}{}", std::str::from_utf8(body).unwrap());
+        assert!(mistake_of(&post(&wrapped(&sorted)), unsorted).contains("keys sorted"));
 
         let multipart = "multipart/form-data; boundary=xyz";
         let part = b"--xyz\r\ncontent-disposition: form-data; name=\"f\"\r\n\r\nv\r\n--xyz--\r\n";
