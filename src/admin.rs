@@ -14,13 +14,12 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::proxy::Proxy;
+use crate::secret::constant_time_eq;
 
 /// Admin connections served at once; more are closed on accept.
 const MAX_ADMIN_CONNECTIONS: usize = 64;
@@ -138,8 +137,10 @@ fn authorized(proxy: &Proxy, headers: &http::HeaderMap) -> bool {
     else {
         return false;
     };
-    let expected = Sha256::digest(token.expose().as_bytes());
-    bool::from(Sha256::digest(given.as_bytes()).ct_eq(&expected))
+    bool::from(constant_time_eq(
+        given.as_bytes(),
+        token.expose().as_bytes(),
+    ))
 }
 
 /// Whether the proxy can serve signed requests now, and a report saying why (or why not).

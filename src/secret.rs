@@ -210,9 +210,26 @@ pub fn without_quoted_strings(message: &str) -> String {
     out
 }
 
+/// Whether `given` equals `expected`, in time that depends on neither where they differ nor
+/// their lengths (both are hashed first). A `Choice`, so callers can combine several checks
+/// without short-circuiting.
+pub fn constant_time_eq(given: &[u8], expected: &[u8]) -> subtle::Choice {
+    use sha2::{Digest, Sha256};
+    use subtle::ConstantTimeEq;
+    Sha256::digest(given).ct_eq(&Sha256::digest(expected))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn constant_time_eq_compares_whole_values() {
+        assert!(bool::from(constant_time_eq(b"token-1", b"token-1")));
+        assert!(!bool::from(constant_time_eq(b"token-1", b"token-2")));
+        assert!(!bool::from(constant_time_eq(b"token", b"token-1")));
+        assert!(!bool::from(constant_time_eq(b"", b"x")));
+    }
 
     #[test]
     fn debug_and_display_never_show_the_value() {

@@ -6,11 +6,10 @@ use std::sync::Arc;
 
 use base64::Engine as _;
 use http::{header, HeaderMap, Method, Request};
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 
 use super::ProxyError;
 use crate::config::{ProxyAuth, ProxyClient};
+use crate::secret::constant_time_eq;
 
 /// Who is asking: `None` when `[proxy.auth]` is off (loopback or `allow_unauthenticated`).
 pub type Client = Option<Arc<ProxyClient>>;
@@ -54,11 +53,10 @@ pub fn authenticate(auth: Option<&ProxyAuth>, headers: &HeaderMap) -> Result<Cli
         .position(|&b| b == b':')
         .ok_or_else(rejected)?;
     let (user, password) = (&decoded[..colon], &decoded[colon + 1..]);
-    let (user, password) = (Sha256::digest(user), Sha256::digest(password));
     let mut found = None;
     for client in &auth.clients {
-        let user_ok = Sha256::digest(client.username.as_bytes()).ct_eq(&user);
-        let password_ok = Sha256::digest(client.password.expose().as_bytes()).ct_eq(&password);
+        let user_ok = constant_time_eq(user, client.username.as_bytes());
+        let password_ok = constant_time_eq(password, client.password.expose().as_bytes());
         if bool::from(user_ok & password_ok) && found.is_none() {
             found = Some(Arc::clone(client));
         }
