@@ -100,11 +100,11 @@ fn find_head_end(raw: &[u8]) -> Option<(usize, usize)> {
 }
 
 /// The profile whose signature the request claims: by `--profile`, else by host.
-pub fn profile_for<'a>(
-    config: &'a Config,
+pub fn profile_for(
+    config: &Config,
     host: &str,
     requested: Option<&str>,
-) -> Result<&'a std::sync::Arc<Profile>, String> {
+) -> Result<std::sync::Arc<Profile>, String> {
     let dest = Destination {
         host,
         port: 443,
@@ -112,11 +112,7 @@ pub fn profile_for<'a>(
         https: true,
     };
     match route(config, dest, requested, None) {
-        Ok(Route::Sign(profile)) => config
-            .profiles
-            .iter()
-            .find(|p| p.qualified_name() == profile.qualified_name())
-            .ok_or_else(|| "the routed profile is not in the config".to_owned()),
+        Ok(Route::Sign(profile)) => Ok(profile),
         Ok(Route::Passthrough) => Err(format!(
             "`{host}` is a passthrough host: no profile signs it"
         )),
@@ -243,7 +239,7 @@ pub fn run(
     let now = now
         .map(Timestamp::from_secs)
         .unwrap_or_else(|| SystemClock.now());
-    let diagnosis = diagnose(config, profile, &request, now)?;
+    let diagnosis = diagnose(config, &profile, &request, now)?;
     if json {
         let value = serde_json::json!({
             "profile": profile.qualified_name(),
@@ -251,7 +247,7 @@ pub fn run(
         });
         println!("{value}");
     } else {
-        print!("{}", render(profile, &diagnosis));
+        print!("{}", render(&profile, &diagnosis));
     }
     Ok(diagnosis.valid)
 }
