@@ -4,7 +4,7 @@
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use super::sign::{hmac_hex, string_to_sign, TiktokCredentials};
+use super::sign::{concat, hmac_hex, string_to_sign, TiktokCredentials};
 use crate::clock::Timestamp;
 use crate::marketplace::Diagnosis;
 use crate::signing::{media_type, RequestHead};
@@ -221,21 +221,7 @@ fn variants(
 fn string_to_sign_unfiltered(path: &str, params: &[(String, String)], body: &[u8]) -> Vec<u8> {
     let mut sorted: Vec<&(String, String)> = params.iter().collect();
     sorted.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-    concat(path, sorted.into_iter(), body)
-}
-
-fn concat<'a>(
-    path: &str,
-    params: impl Iterator<Item = &'a (String, String)>,
-    body: &[u8],
-) -> Vec<u8> {
-    let mut s = path.as_bytes().to_vec();
-    for (k, v) in params {
-        s.extend_from_slice(k.as_bytes());
-        s.extend_from_slice(v.as_bytes());
-    }
-    s.extend_from_slice(body);
-    s
+    concat(path, sorted, body)
 }
 
 /// The same JSON as other bytes, the way common clients re-serialize it: compact with keys sorted

@@ -209,9 +209,20 @@ fn sorted_params(params: &[(String, String)]) -> Vec<&(String, String)> {
 
 /// The string inside the secret wrapping: path, then `{key}{value}` sorted, then the body.
 pub fn string_to_sign(path: &str, params: &[(String, String)], body: &[u8]) -> Vec<u8> {
-    let mut s = Vec::with_capacity(path.len() + body.len() + 64 * params.len());
+    concat(path, sorted_params(params), body)
+}
+
+/// Path, then `{key}{value}` in the order given, then the body: the string inside the wrapping.
+/// The doctor also builds the wrong orders and filters through it.
+pub(super) fn concat<'a>(
+    path: &str,
+    params: impl IntoIterator<Item = &'a (String, String)>,
+    body: &[u8],
+) -> Vec<u8> {
+    let params = params.into_iter();
+    let mut s = Vec::with_capacity(path.len() + body.len() + 64 * params.size_hint().0);
     s.extend_from_slice(path.as_bytes());
-    for (k, v) in sorted_params(params) {
+    for (k, v) in params {
         s.extend_from_slice(k.as_bytes());
         s.extend_from_slice(v.as_bytes());
     }
