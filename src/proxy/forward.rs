@@ -550,14 +550,6 @@ fn note_clock_skew(state: &State, host: &str, date: &HeaderValue) {
     }
 }
 
-fn authority_host(authority: &str) -> String {
-    authority
-        .rsplit_once(':')
-        .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
-        .map_or(authority, |(host, _)| host)
-        .to_owned()
-}
-
 /// Which dialler a request takes: marketplace hosts go where the config says (`connect_to` or
 /// DNS); everything else passes the egress guard first.
 #[derive(Clone, Copy)]
@@ -605,7 +597,7 @@ async fn send(
         UpstreamError::Denied(denied) => ProxyError::DestinationNotAllowed(denied),
     })?;
     if let (Egress::Marketplace, Some(date)) = (egress, response.headers().get(header::DATE)) {
-        note_clock_skew(state, &authority_host(authority), date);
+        note_clock_skew(state, &log.host, date);
     }
     log.upstream_status = Some(response.status().as_u16());
     let (mut parts, body) = response.into_parts();
