@@ -1,5 +1,5 @@
-//! The `signproxy` command line: `run`, `check`, `sign`, `doctor`, `ca` and `health` (see the CLI
-//! contract in README.md).
+//! The `signproxy` command line: `run`, `check`, `sign`, `doctor`, `sandbox`, `ca` and `health`
+//! (see the CLI contract in README.md).
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -46,6 +46,15 @@ enum Command {
         /// Config file (default: $SIGNPROXY_CONFIG, else ./signproxy.toml, else config/signproxy.toml).
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Answer every marketplace host with the built-in stand-ins instead of the network
+        /// (as `[sandbox] enabled = true`): offline, nothing signed leaves this machine.
+        #[arg(long)]
+        sandbox: bool,
+    },
+    /// The built-in marketplace stand-ins on their own.
+    Sandbox {
+        #[command(subcommand)]
+        action: SandboxAction,
     },
     /// Validate the config and print the routes.
     Check {
@@ -102,6 +111,19 @@ enum Command {
 }
 
 #[derive(Subcommand, Debug)]
+enum SandboxAction {
+    /// Serve the stand-ins over HTTPS (certificates from the local CA) for code that signs by
+    /// itself: they verify with the config's credentials and answer as the marketplace would.
+    Serve {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Listen here instead of [sandbox] listen (default 127.0.0.1:8443).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 enum CaAction {
     /// Create the CA at [mitm] ca_cert/ca_key (default: under [proxy] state_dir), limited to
     /// the profiles' hosts.
@@ -123,7 +145,10 @@ enum CaAction {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run { config } => run(config),
+        Command::Run { config, sandbox } => run(config, sandbox),
+        Command::Sandbox {
+            action: SandboxAction::Serve { config, listen },
+        } => sandbox_serve(config, listen),
         Command::Check { config } => check(config),
         Command::Ca { action } => ca(action),
         Command::Sign(args) => sign(args),
@@ -159,25 +184,39 @@ fn load(flag: Option<PathBuf>) -> Result<Config, String> {
     Config::load(&config::resolve_path(flag.as_deref())).map_err(|e| e.to_string())
 }
 
-fn run(flag: Option<PathBuf>) -> Result<(), String> {
-    let path = config::resolve_path(flag.as_deref());
-    let config = Arc::new(Config::load(&path).map_err(|e| e.to_string())?);
-    crate::logging::init(&config.log);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
-    runtime.block_on(serve(path, config))
+/// The config for `run`: `--sandbox` holds for every reload too.
+fn load_for_run(path: &std::path::Path, sandbox: bool) -> Result<Config, String> {
+    let mut config = Config::load(path).map_err(|e| e.to_string())?;
+    config.sandbox.enabled |= sandbox;
+    Ok(config)
 }
 
-async fn serve(path: PathBuf, config: Arc<Config>) -> Result<(), String> {
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))
+}
+
+fn run(flag: Option<PathBuf>, sandbox: bool) -> Result<(), String> {
+    let path = config::resolve_path(flag.as_deref());
+    let config = Arc::new(load_for_run(&path, sandbox)?);
+    crate::logging::init(&config.log);
+    runtime()?.block_on(serve(path, config, sandbox))
+}
+
+fn create_state_dir(config: &Config) -> Result<(), String> {
     let state_dir = &config.proxy.state_dir;
     crate::state_dir::create_private_dir(state_dir).map_err(|e| {
         format!(
             "cannot create the state folder {} ({e}): create it, or set [proxy] state_dir",
             state_dir.display()
         )
-    })?;
+    })
+}
+
+async fn serve(path: PathBuf, config: Arc<Config>, sandbox_flag: bool) -> Result<(), String> {
+    create_state_dir(&config)?;
     let listener = bind(config.proxy.listen, "proxy.listen").await?;
     let admin_listener = match config.admin.listen {
         Some(addr) => Some(bind(addr, "admin.listen").await?),
@@ -190,7 +229,7 @@ async fn serve(path: PathBuf, config: Arc<Config>) -> Result<(), String> {
     let proxy = Proxy::new(Arc::clone(&config), Arc::new(Metrics::new()), own_addresses)
         .map_err(|e| e.to_string())?;
     // Before the listening line: whoever waits for it may send SIGHUP at once.
-    tokio::spawn(reload_on_sighup(proxy.clone(), path));
+    tokio::spawn(reload_on_sighup(proxy.clone(), path, sandbox_flag));
     let local = |l: &TcpListener| l.local_addr().map(|a| a.to_string()).unwrap_or_default();
     tracing::info!(
         listen = %local(&listener),
@@ -202,6 +241,9 @@ async fn serve(path: PathBuf, config: Arc<Config>) -> Result<(), String> {
     tracing::info!("{}", access_line(&config));
     for line in route_lines(&config) {
         tracing::info!("route {line}");
+    }
+    if config.sandbox.enabled {
+        tracing::warn!("{SANDBOX_LINE}");
     }
     let (stopped_tx, stopped_rx) = watch::channel(false);
     if let Some(listener) = admin_listener {
@@ -216,6 +258,54 @@ async fn serve(path: PathBuf, config: Arc<Config>) -> Result<(), String> {
     served.map_err(|e| e.to_string())?;
     tracing::info!("signproxy stopped");
     Ok(())
+}
+
+/// What `run` says (and `check` prints) when the sandbox answers in the marketplaces' place.
+const SANDBOX_LINE: &str = "sandbox: marketplace hosts and token endpoints are answered by the built-in stand-ins; nothing signed leaves this machine (tokens are kept in memory only)";
+
+/// `sandbox serve`: the stand-ins behind an HTTPS listener, until SIGINT/SIGTERM.
+fn sandbox_serve(flag: Option<PathBuf>, listen: Option<SocketAddr>) -> Result<(), String> {
+    let mut config = load(flag)?;
+    config.sandbox.enabled = true;
+    crate::logging::init(&config.log);
+    create_state_dir(&config)?;
+    let ca = CertificateAuthority::load_or_create(&config.mitm).map_err(|e| e.to_string())?;
+    for warning in ca.warnings() {
+        tracing::warn!("{warning}");
+    }
+    let config = Arc::new(config);
+    let addr = listen.unwrap_or(config.sandbox.listen);
+    runtime()?.block_on(async move {
+        let listener = bind(addr, "sandbox.listen").await?;
+        let local = listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        let clock = crate::clock::system();
+        let book = Arc::new(crate::marketplace::stand_in::TokenBook::new());
+        let sandbox = Arc::new(crate::sandbox::Sandbox::new(
+            Arc::clone(&config),
+            clock,
+            book,
+        ));
+        tracing::info!(
+            listen = %local,
+            ca_cert = %config.mitm.ca_cert.display(),
+            "sandbox serving: dial this address for the profiles' hosts with the CA trusted"
+        );
+        for p in &config.profiles {
+            let hosts: Vec<String> = p.hosts.iter().map(|h| h.to_string()).collect();
+            tracing::info!(
+                "stand-in {} for {} (token endpoint: {})",
+                p.qualified_name(),
+                hosts.join(", "),
+                p.stand_in.token_hosts().join(", ")
+            );
+        }
+        crate::sandbox::serve(sandbox, Arc::new(ca), listener, shutdown_signal()).await;
+        tracing::info!("sandbox stopped");
+        Ok(())
+    })
 }
 
 async fn bind(addr: SocketAddr, key: &str) -> Result<TcpListener, String> {
@@ -239,7 +329,11 @@ async fn obtain_missing_tokens(proxy: Proxy) {
 /// SIGHUP re-reads the config file and its secrets. A config that does not load leaves the
 /// running one in place. The handler is installed by this call, not when the task first runs:
 /// until then a SIGHUP takes its default action and ends the process.
-fn reload_on_sighup(proxy: Proxy, path: PathBuf) -> impl std::future::Future<Output = ()> {
+fn reload_on_sighup(
+    proxy: Proxy,
+    path: PathBuf,
+    sandbox: bool,
+) -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
     async move {
@@ -252,8 +346,7 @@ fn reload_on_sighup(proxy: Proxy, path: PathBuf) -> impl std::future::Future<Out
                 }
             };
             while hangups.recv().await.is_some() {
-                let reloaded = Config::load(&path)
-                    .map_err(|e| e.to_string())
+                let reloaded = load_for_run(&path, sandbox)
                     .and_then(|config| proxy.reload(Arc::new(config)).map_err(|e| e.to_string()));
                 match reloaded {
                     Ok(notes) => {
@@ -272,7 +365,7 @@ fn reload_on_sighup(proxy: Proxy, path: PathBuf) -> impl std::future::Future<Out
             }
         }
         #[cfg(not(unix))]
-        let _ = (proxy, path);
+        let _ = (proxy, path, sandbox);
     }
 }
 
@@ -421,6 +514,9 @@ fn check(flag: Option<PathBuf>) -> Result<(), String> {
     let _ = writeln!(out, "{}", access_line(&config));
     for line in route_lines(&config) {
         let _ = writeln!(out, "route {line}");
+    }
+    if config.sandbox.enabled {
+        let _ = writeln!(out, "{SANDBOX_LINE}");
     }
     Ok(())
 }

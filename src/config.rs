@@ -14,7 +14,9 @@ use rustls_pki_types::CertificateDer;
 use serde::Deserialize;
 
 pub use crate::host::{is_ip_literal, HostPattern};
-use crate::marketplace::{self, ProfileContext, ProfileError, Sign, TokenSource, MARKETPLACES};
+use crate::marketplace::{
+    self, ProfileContext, ProfileError, Sign, StandIn, TokenSource, MARKETPLACES,
+};
 pub use crate::secret::SecretRef;
 use crate::secret::{without_quoted_strings, Secret};
 use crate::state_dir::exposure_warning;
@@ -30,7 +32,7 @@ pub const DEFAULT_MAX_BUFFERED_BYTES: u64 = 256 * 1024 * 1024;
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
 pub const DEFAULT_PASSTHROUGH_PORTS: [u16; 1] = [443];
 /// The top-level tables besides the marketplaces'.
-const SECTIONS: [&str; 5] = ["proxy", "upstream", "mitm", "admin", "log"];
+const SECTIONS: [&str; 6] = ["proxy", "upstream", "mitm", "admin", "log", "sandbox"];
 
 /// How errors name a config given as text rather than a file.
 const INLINE_SOURCE: &str = "<inline config>";
@@ -53,6 +55,7 @@ pub struct Config {
     pub mitm: MitmSettings,
     pub admin: AdminSettings,
     pub log: LogSettings,
+    pub sandbox: SandboxSettings,
     pub profiles: Vec<Arc<Profile>>,
     /// Problems that do not stop signproxy but should be fixed (a config file with literal
     /// secrets, or a secret file, that group or others can read). `check` prints them, `run`
@@ -159,6 +162,22 @@ pub struct UpstreamSettings {
     pub request_timeout: Duration,
 }
 
+/// `[sandbox]`: the built-in marketplace stand-ins.
+#[derive(Debug, Clone)]
+pub struct SandboxSettings {
+    /// Answer every marketplace host (and token endpoint) with the stand-ins instead of the
+    /// network (`run --sandbox` sets it too).
+    pub enabled: bool,
+    /// Lifetime of the access tokens the stand-ins grant.
+    pub token_ttl_secs: u64,
+    /// Where `sandbox serve` listens unless `--listen` says otherwise.
+    pub listen: SocketAddr,
+}
+
+/// The default `[sandbox] token_ttl_secs`: two hours, as eBay grants.
+pub const DEFAULT_SANDBOX_TOKEN_TTL_SECS: u64 = 7200;
+const DEFAULT_SANDBOX_LISTEN: &str = "127.0.0.1:8443";
+
 /// One credential set and the hosts it signs for.
 #[derive(Debug)]
 pub struct Profile {
@@ -170,6 +189,8 @@ pub struct Profile {
     pub signer: Arc<dyn Sign>,
     /// Where the access token comes from: none, a static secret, or managed refreshes.
     pub token: TokenSource,
+    /// The marketplace's offline stand-in, holding this profile's credentials to verify with.
+    pub stand_in: Arc<dyn StandIn>,
 }
 
 impl Profile {
@@ -200,6 +221,17 @@ struct RawConfig {
     admin: RawAdmin,
     #[serde(default)]
     log: RawLog,
+    #[serde(default)]
+    sandbox: RawSandbox,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSandbox {
+    #[serde(default)]
+    enabled: bool,
+    token_ttl_secs: Option<u64>,
+    listen: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -395,6 +427,28 @@ impl Config {
         );
         let admin = ctx.admin(&raw.admin)?;
         let log = ctx.log(raw.log)?;
+        let token_ttl_secs = raw
+            .sandbox
+            .token_ttl_secs
+            .unwrap_or(DEFAULT_SANDBOX_TOKEN_TTL_SECS);
+        if token_ttl_secs == 0 {
+            return Err(err(
+                Some("sandbox.token_ttl_secs".into()),
+                "must be at least 1".into(),
+            ));
+        }
+        let sandbox = SandboxSettings {
+            enabled: raw.sandbox.enabled,
+            token_ttl_secs,
+            listen: ctx.address(
+                "sandbox.listen",
+                raw.sandbox
+                    .listen
+                    .as_deref()
+                    .unwrap_or(DEFAULT_SANDBOX_LISTEN),
+                DEFAULT_SANDBOX_LISTEN,
+            )?,
+        };
 
         let upstream = ctx.upstream(raw.upstream)?;
         let state_dir = match &raw.proxy.state_dir {
@@ -524,6 +578,7 @@ impl Config {
             mitm,
             admin,
             log,
+            sandbox,
             profiles,
             warnings,
         })
@@ -895,6 +950,7 @@ impl Ctx<'_> {
             kind: id,
             signer: parts.signer,
             token: parts.token,
+            stand_in: parts.stand_in,
         })
     }
 }

@@ -11,7 +11,8 @@
 //! - [`signing`]: the primitives every signer shares: [`signing::RequestHead`], [`signing::SignError`].
 //! - [`marketplace`]: the seam: the `Marketplace`, `Sign` and `TokenEndpoint` traits and
 //!   `MARKETPLACES`, the one list; one folder per marketplace (`tiktok/`, `ebay/`) with its
-//!   config table, pure signer and OAuth. Nothing outside a folder names its marketplace.
+//!   config table, pure signer, OAuth, doctor checks and sandbox stand-in (with what stand-ins
+//!   share in `marketplace::stand_in`). Nothing outside a folder names its marketplace.
 //! - [`egress`]: the SSRF guard for non-profile destinations: address classes,
 //!   `[proxy] allow_networks`, resolve once and dial only checked addresses.
 //! - [`state_dir`]: files holding secrets: the state folder created 0700, and warnings (with the
@@ -21,10 +22,13 @@
 //! - [`route`]: host + port (+ `x-signproxy-profile`, + proxy client) → profile, passthrough or
 //!   refusal.
 //! - [`request`]: client request → upstream head (hop-by-hop hygiene, Host, Content-Length).
-//! - [`upstream`]: the pooled rustls clients (marketplace, and passthrough behind the guard).
+//! - [`ca`]: the local CA for HTTPS interception and its per-host leaf certificates.
+//! - [`sandbox`]: the profiles' stand-ins answering marketplace hosts offline (`run --sandbox`,
+//!   and `sandbox serve` as an HTTPS server of its own).
+//! - [`upstream`]: the pooled rustls clients (marketplace, and passthrough behind the guard), or
+//!   the sandbox in their place.
 //! - [`token`]: access-token lifecycle over a `TokenEndpoint`: static or managed (refresh,
 //!   persist, retry on expiry).
-//! - [`ca`]: the local CA for HTTPS interception and its per-host leaf certificates.
 //! - [`metrics`]: the Prometheus metrics the proxy keeps.
 //! - [`proxy`]: the server: live state and reload, admission (auth, head limits), accept loop,
 //!   limits and shutdown, the canonical log line, absolute-form forwarding, CONNECT, and the
@@ -34,7 +38,8 @@
 //! - [`admin`]: the operator's port: `/healthz`, `/readyz`, `/metrics`.
 //! - [`logging`]: log output setup (`[log] format` and `level`).
 //! - `fuzzing` (hidden): entry points shared by the fuzz targets and the corpus regression test.
-//! - [`cli`]: the `signproxy` subcommands (`run`, `check`, `sign`, `ca`, `health`); `main.rs`
+//! - [`cli`]: the `signproxy` subcommands (`run`, `check`, `sign`, `doctor`, `sandbox`, `ca`,
+//!   `health`); `main.rs`
 //!   only calls it.
 
 pub(crate) mod admin;
@@ -53,6 +58,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod request;
 pub(crate) mod route;
+pub mod sandbox;
 pub mod secret;
 pub mod signing;
 pub(crate) mod state_dir;

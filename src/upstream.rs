@@ -1,7 +1,7 @@
 //! The client side: pooled, keep-alive hyper clients over rustls (web roots + `ca_file`),
 //! dialling through `connect_to` overrides while keeping Host, SNI and certificate checks. One
 //! client serves marketplace hosts; the other (passthrough) dials only what the egress guard
-//! let through.
+//! let through. Under `run --sandbox` the marketplace side is answered by the [`Sandbox`].
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -14,6 +14,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Request, Response, Uri};
 use http_body_util::combinators::BoxBody;
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
@@ -22,10 +23,13 @@ use tokio::net::TcpStream;
 
 use crate::config::UpstreamSettings;
 use crate::egress::{find_denied, EgressDenied, EgressError, EgressPolicy};
+use crate::sandbox::{self, Sandbox};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Request bodies sent upstream: buffered (signed) or streamed (passthrough).
 pub type UpstreamBody = BoxBody<Bytes, BoxError>;
+/// Response bodies: the network's, streamed, or the sandbox's.
+pub type ResponseBody = BoxBody<Bytes, hyper::Error>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -48,6 +52,9 @@ pub struct Upstream {
     egress: Arc<EgressPolicy>,
     request_timeout: Duration,
     trusted_roots: usize,
+    /// Set by `run --sandbox`: marketplace hosts and token endpoints are answered by the
+    /// stand-ins; passthrough still goes to the network.
+    sandbox: Option<Arc<Sandbox>>,
 }
 
 impl Upstream {
@@ -82,7 +89,18 @@ impl Upstream {
             egress,
             request_timeout: settings.request_timeout,
             trusted_roots: webpki_roots::TLS_SERVER_ROOTS.len() + settings.extra_roots.len(),
+            sandbox: None,
         })
+    }
+
+    /// Answers marketplace requests with `sandbox` instead of the network.
+    pub fn with_sandbox(mut self, sandbox: Arc<Sandbox>) -> Self {
+        self.sandbox = Some(sandbox);
+        self
+    }
+
+    pub fn sandbox(&self) -> Option<&Arc<Sandbox>> {
+        self.sandbox.as_ref()
     }
 
     /// Sends one request to a marketplace host and waits (up to the request timeout) for the
@@ -90,15 +108,24 @@ impl Upstream {
     pub async fn send(
         &self,
         req: Request<UpstreamBody>,
-    ) -> Result<Response<Incoming>, UpstreamError> {
-        self.send_with(&self.client, req).await
+    ) -> Result<Response<ResponseBody>, UpstreamError> {
+        match &self.sandbox {
+            Some(sandbox) => sandbox
+                .respond(req)
+                .await
+                .map(|answer| answer.map(sandbox::full))
+                .map_err(|e| UpstreamError::Connect {
+                    reason: format!("reading the request body for the sandbox failed: {e}"),
+                }),
+            None => self.send_with(&self.client, req).await,
+        }
     }
 
     /// Like [`Upstream::send`], for a destination that must pass the egress guard.
     pub async fn send_guarded(
         &self,
         req: Request<UpstreamBody>,
-    ) -> Result<Response<Incoming>, UpstreamError> {
+    ) -> Result<Response<ResponseBody>, UpstreamError> {
         self.send_with(&self.guarded, req).await
     }
 
@@ -106,10 +133,10 @@ impl Upstream {
         &self,
         client: &Client<HttpsConnector<Dialer>, UpstreamBody>,
         req: Request<UpstreamBody>,
-    ) -> Result<Response<Incoming>, UpstreamError> {
+    ) -> Result<Response<ResponseBody>, UpstreamError> {
         match tokio::time::timeout(self.request_timeout, client.request(req)).await {
             Err(_) => Err(UpstreamError::Timeout(self.request_timeout)),
-            Ok(Ok(resp)) => Ok(resp),
+            Ok(Ok(resp)) => Ok(resp.map(|body: Incoming| body.boxed())),
             Ok(Err(e)) => match find_denied(&e) {
                 Some(denied) => Err(UpstreamError::Denied(denied.clone())),
                 None => Err(UpstreamError::Connect {

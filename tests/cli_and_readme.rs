@@ -1,6 +1,6 @@
-//! The CLI contract (`check`, `sign`) and every README example that can run on loopback: the
-//! quickstart `sign` output, the config blocks, the example config, and the quickstart curl call
-//! through a proxy running the example config.
+//! The CLI contract (`check`, `sign`, `doctor`, `sandbox serve`) and every README example that
+//! can run on loopback: the quickstart `sign` output, the config blocks, the example config, and
+//! every example that talks to a marketplace, against the sandbox on the example config.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -75,7 +75,7 @@ fn readme_quickstart_has_exactly_the_two_commands() {
     assert_eq!(
         commands(quickstart),
         vec![
-            "cargo run --release -- run --config config/signproxy.example.toml",
+            "cargo run --release -- run --sandbox --config config/signproxy.example.toml",
             "cargo test",
         ]
     );
@@ -142,35 +142,122 @@ fn shipped_example_config_checks_and_lists_routes() {
     assert!(s.contains("403 host_not_allowed"));
 }
 
-#[tokio::test]
-async fn readme_quickstart_curl_works_against_the_example_config() {
-    if !require_curl("readme_quickstart_curl_works_against_the_example_config") {
-        return;
-    }
+/// The example config as shipped, in the sandbox (what `run --sandbox` does), with its state in
+/// a temp folder; every upstream name points at `network`, which must see nothing.
+fn example_in_sandbox() -> String {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let example = std::fs::read_to_string(root.join("config/signproxy.example.toml")).unwrap();
-    let ca = TestCa::new();
-    let upstream = TestUpstream::start(&ca, Verifier::tiktok("29a39d", "e59af819cc"));
-    // The example config as shipped, pointed at the local stand-in instead of the internet.
-    let config = example
+    example
         .replace("[proxy]\n", "[proxy]\nstate_dir = \"@STATE@\"\n")
-        .replace(
-            "connect_to = {}",
-            "connect_to = @CONNECT_TO@\nca_file = \"@CA_FILE@\"",
+        .replace("connect_to = {}", "connect_to = @CONNECT_TO@")
+        .replace("enabled = false ", "enabled = true ")
+}
+
+/// Whether `python3` with `requests` is here (.ci/run installs it); else the test says so.
+fn python_with_requests(test: &str) -> bool {
+    let found = Command::new("python3")
+        .args(["-c", "import requests"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        eprintln!(
+            "SKIPPED {test}: python3 with requests not found (.ci/run installs python3-requests)"
         );
-    let proxy = ProxyHarness::start(&config, &ca, Some(&upstream)).await;
-    let sh = fenced_blocks(&readme(), "sh");
-    let line = commands(&sh[1])
-        .into_iter()
-        .find(|c| c.starts_with("curl "))
-        .expect("a curl example");
-    let line = line.replace("127.0.0.1:8080", &proxy.addr.to_string());
-    let words = shell_words(&line);
-    let args: Vec<&str> = words[1..].iter().map(String::as_str).collect();
-    let out = curl(&args).await;
-    assert_eq!(out.status, 200, "{}", out.stderr);
-    let r = upstream.last_request();
-    assert!(r.signature.ok, "{:?}", r.signature.error);
+    }
+    found
+}
+
+async fn python(script: &str, env: &[(&str, String)]) -> Output {
+    let mut cmd = tokio::process::Command::new("python3");
+    cmd.arg("-c").arg(script);
+    for var in [
+        "http_proxy",
+        "HTTP_PROXY",
+        "https_proxy",
+        "HTTPS_PROXY",
+        "NO_PROXY",
+        "no_proxy",
+    ] {
+        cmd.env_remove(var);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().await.expect("run python3")
+}
+
+/// Every README example that talks to a marketplace, run as written (but for the proxy's port
+/// and the CA file's path) against `run --sandbox` on the example config: the quickstart curl
+/// and Python calls, and the per-language curl and Python setups, in both proxy modes.
+#[tokio::test]
+async fn readme_marketplace_examples_get_verified_answers_from_the_sandbox() {
+    let ca = TestCa::new();
+    let network = TestUpstream::start(&ca, Verifier::None);
+    let proxy = ProxyHarness::start(&example_in_sandbox(), &ca, Some(&network)).await;
+    let ca_file = proxy.dir.path().join("signproxy-ca.pem");
+    std::fs::write(&ca_file, proxy.proxy_ca_pem()).unwrap();
+    let here = |text: &str| {
+        text.replace("127.0.0.1:8080", &proxy.addr.to_string())
+            .replace("$PWD/signproxy-ca.pem", &ca_file.to_string_lossy())
+            .replace("signproxy-ca.pem", &ca_file.to_string_lossy())
+    };
+    let text = readme();
+    let sh = fenced_blocks(&text, "sh");
+
+    if require_curl("readme_marketplace_examples_get_verified_answers_from_the_sandbox") {
+        let per_language = sh
+            .iter()
+            .find(|b| b.contains("--cacert signproxy-ca.pem https://api.ebay.com"))
+            .expect("the per-language curl block");
+        let lines: Vec<String> = commands(&sh[1])
+            .into_iter()
+            .chain(commands(per_language))
+            .filter(|c| c.starts_with("curl "))
+            .collect();
+        assert_eq!(lines.len(), 3, "{lines:?}");
+        for line in lines {
+            let words = shell_words(&here(&line));
+            let args: Vec<&str> = words[1..].iter().map(String::as_str).collect();
+            let out = curl(&args).await;
+            assert_eq!(out.status, 200, "{line}: {}", out.stderr);
+            assert_eq!(out.header("x-signproxy-sandbox"), Some("1"), "{line}");
+            let json = out.json();
+            let echo = json["data"]["sandbox"].clone();
+            let echo = if echo.is_null() {
+                json["sandbox"].clone()
+            } else {
+                echo
+            };
+            assert_eq!(echo["verified"], true, "{line}: {json}");
+        }
+    }
+
+    if python_with_requests("readme_marketplace_examples_get_verified_answers_from_the_sandbox") {
+        let blocks = fenced_blocks(&text, "python");
+        let quickstart = python(&here(&blocks[0]), &[]).await;
+        assert_eq!(
+            stdout(&quickstart).trim(),
+            "0 UNPAID",
+            "{}",
+            stderr(&quickstart)
+        );
+        // The per-language block relies on the environment it sets up just above it.
+        let env = [
+            ("HTTP_PROXY", format!("http://{}", proxy.addr)),
+            ("HTTPS_PROXY", format!("http://{}", proxy.addr)),
+            ("REQUESTS_CA_BUNDLE", ca_file.to_string_lossy().into_owned()),
+        ];
+        let script = format!("{}\nprint(r.status_code, r.json()[\"code\"])", blocks[1]);
+        assert!(blocks[1].contains("https://open-api.tiktokglobalshop.com"));
+        let per_language = python(&script, &env).await;
+        assert_eq!(
+            stdout(&per_language).trim(),
+            "200 0",
+            "{}",
+            stderr(&per_language)
+        );
+    }
+    assert_eq!(network.connections_accepted(), 0, "the sandbox dialled out");
 }
 
 #[test]

@@ -7,6 +7,7 @@
 //! [`MARKETPLACES`].
 
 pub mod ebay;
+pub mod stand_in;
 pub mod tiktok;
 
 use std::fmt;
@@ -18,6 +19,7 @@ use http::{Request, StatusCode};
 use crate::clock::Timestamp;
 use crate::secret::{Secret, SecretRef};
 use crate::signing::{RequestHead, SignError};
+pub use stand_in::{SandboxAnswer, SandboxContext, SandboxRequest};
 
 /// Every marketplace signproxy knows, by config table name.
 pub static MARKETPLACES: &[&dyn Marketplace] = &[&tiktok::TIKTOK, &ebay::EBAY];
@@ -47,6 +49,8 @@ pub struct ProfileParts {
     pub hosts: Vec<String>,
     pub signer: Arc<dyn Sign>,
     pub token: TokenSource,
+    /// The profile's offline stand-in for `run --sandbox` and `sandbox serve`.
+    pub stand_in: Arc<dyn StandIn>,
 }
 
 /// What a marketplace needs from the config loader while it builds a profile.
@@ -217,6 +221,22 @@ pub fn sign_explained(signer: &dyn Sign, input: SignInput<'_>) -> Result<Explain
         head: signer.sign(input)?,
         explanation: signer.explain(input)?,
     })
+}
+
+/// A marketplace's offline stand-in, for one profile's credentials: it verifies what arrives by
+/// the marketplace's rules, with its own verifier (parse, recompute, compare; never the signer),
+/// and answers in the marketplace's envelopes and codes. It serves the token endpoint too.
+pub trait StandIn: Send + Sync + fmt::Debug {
+    /// Whether the request names this profile's app (TikTok's `app_key`, eBay's signature key
+    /// or client id): of several profiles serving a host, the one that claims a request answers.
+    fn claims(&self, req: &SandboxRequest) -> bool;
+    /// Whether the request is for this profile's token endpoint, which may live on a host the
+    /// profile does not sign for.
+    fn is_token_request(&self, req: &SandboxRequest) -> bool;
+    /// The hosts of the token endpoint (for `check` and `sandbox serve`).
+    fn token_hosts(&self) -> Vec<String>;
+    /// The marketplace's answer to `req`.
+    fn answer(&self, req: &SandboxRequest, cx: &SandboxContext<'_>) -> SandboxAnswer;
 }
 
 /// A token the marketplace granted. Times are absolute Unix seconds.

@@ -602,5 +602,5 @@ async fn send(
     log.upstream_status = Some(response.status().as_u16());
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    Ok(Response::from_parts(parts, body.boxed()))
+    Ok(Response::from_parts(parts, body))
 }

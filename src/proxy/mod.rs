@@ -33,6 +33,7 @@ use crate::clock::{self, SharedClock};
 use crate::config::Config;
 use crate::egress::EgressPolicy;
 use crate::metrics::Metrics;
+use crate::sandbox::Sandbox;
 use crate::token::store::TokenStore;
 use crate::token::{TokenError, TokenManager};
 use crate::upstream::{Upstream, UpstreamError};
@@ -90,7 +91,17 @@ impl State {
                 .chain(config.admin.listen)
                 .collect(),
         };
-        let upstream = Upstream::new(&config.upstream, egress)?;
+        let mut upstream = Upstream::new(&config.upstream, egress)?;
+        // Tokens the sandbox issued are honoured across a reload, as the marketplace would.
+        let same_mode = previous.filter(|p| p.config.sandbox.enabled == config.sandbox.enabled);
+        if config.sandbox.enabled {
+            let book = previous
+                .and_then(|p| p.upstream.sandbox())
+                .map(|s| Arc::clone(s.book()))
+                .unwrap_or_default();
+            let sandbox = Sandbox::new(Arc::clone(&config), Arc::clone(&clock), book);
+            upstream = upstream.with_sandbox(Arc::new(sandbox));
+        }
         let buffer_budget = match previous {
             Some(p) => Arc::clone(&p.buffer_budget),
             None => {
@@ -109,7 +120,8 @@ impl State {
             &config,
             upstream.clone(),
             Arc::clone(metrics),
-            previous.map(|p| &p.tokens),
+            // Never a sandbox token for the marketplace, nor the other way round.
+            same_mode.map(|p| &p.tokens),
             clock.now(),
         )?;
         for warning in warnings {

@@ -127,7 +127,9 @@ impl TokenManager {
             .filter(|s| s.path() == TokenStore::path_in(&config.proxy.state_dir))
             .cloned();
         let store = match reusable_store {
-            _ if managed.is_empty() => None,
+            // The sandbox's tokens live in memory only: they must never replace (rotate away)
+            // the marketplace's refresh tokens in the state folder.
+            _ if managed.is_empty() || config.sandbox.enabled => None,
             Some(shared) => Some(shared),
             None => {
                 let (store, warning) = TokenStore::open(&config.proxy.state_dir)

@@ -1,9 +1,11 @@
 //! eBay: the `[ebay.NAME]` table, its default hosts, RFC 9421 signing with Content-Digest
-//! ([`sign`]), key loading ([`keys`]), OAuth ([`oauth`]) and the signature doctor ([`doctor`]).
+//! ([`sign`]), key loading ([`keys`]), OAuth ([`oauth`]), the signature doctor ([`doctor`]) and the
+//! offline stand-in ([`sandbox`]).
 
 pub mod doctor;
 pub mod keys;
 pub mod oauth;
+pub mod sandbox;
 pub mod sign;
 
 use std::sync::Arc;
@@ -14,6 +16,7 @@ use super::{Marketplace, ProfileContext, ProfileError, ProfileParts, TokenSource
 use crate::secret::SecretRef;
 use keys::load_private_key;
 use oauth::{EbayOAuth, EBAY_PRODUCTION_TOKEN_URL, EBAY_SANDBOX_TOKEN_URL};
+use sandbox::{EbayStandIn, OAuthClient};
 use sign::EbayCredentials;
 
 /// The registry's eBay.
@@ -68,7 +71,16 @@ impl Marketplace for Ebay {
         let hosts = raw
             .hosts
             .unwrap_or_else(|| self.default_hosts().iter().map(|h| h.to_string()).collect());
+        // Sandbox-only profiles get sandbox tokens; anything else talks to production.
+        let default_token_url = if hosts.iter().all(|h| h.contains(".sandbox.")) {
+            EBAY_SANDBOX_TOKEN_URL
+        } else {
+            EBAY_PRODUCTION_TOKEN_URL
+        };
         let fail = |key: &str, message: &str| ProfileError::new(key, message);
+        // What the stand-in's token endpoint checks, when the profile has an OAuth client.
+        let mut client = None;
+        let mut token_url = default_token_url.to_owned();
         let token = match (raw.access_token, raw.client_id, raw.client_secret) {
             (Some(_), Some(_), _) | (Some(_), _, Some(_)) => {
                 return Err(fail(
@@ -84,24 +96,17 @@ impl Marketplace for Ebay {
                         "is empty: copy the App ID (Client ID) from eBay's developer portal",
                     ));
                 }
-                // Sandbox-only profiles get sandbox tokens; anything else talks to production.
-                let sandbox = hosts.iter().all(|h| h.contains(".sandbox."));
-                let default_url = if sandbox {
-                    EBAY_SANDBOX_TOKEN_URL
-                } else {
-                    EBAY_PRODUCTION_TOKEN_URL
-                };
-                let token_url = raw.token_url.unwrap_or_else(|| default_url.to_owned());
-                let https = token_url
+                let configured_url = raw.token_url.unwrap_or_else(|| default_token_url.to_owned());
+                let https = configured_url
                     .parse::<http::Uri>()
                     .is_ok_and(|u| u.scheme_str() == Some("https") && u.host().is_some());
                 if !https {
                     return Err(ProfileError::new(
                         "token_url",
-                        format!("`{token_url}` is not an https:// URL"),
+                        format!("`{configured_url}` is not an https:// URL"),
                     ));
                 }
-                TokenSource::Managed(Arc::new(EbayOAuth {
+                let oauth = EbayOAuth {
                     client_id,
                     client_secret: cx.secret("client_secret", &secret)?,
                     refresh_token: raw
@@ -109,8 +114,14 @@ impl Marketplace for Ebay {
                         .map(|r| cx.secret("refresh_token", &r))
                         .transpose()?,
                     scopes: raw.scopes.unwrap_or_default(),
-                    token_url,
-                }))
+                    token_url: configured_url,
+                };
+                client = Some(OAuthClient {
+                    client_id: oauth.client_id.clone(),
+                    client_secret: oauth.client_secret.clone(),
+                });
+                token_url.clone_from(&oauth.token_url);
+                TokenSource::Managed(Arc::new(oauth))
             }
             (None, Some(_), None) => {
                 return Err(fail(
@@ -137,6 +148,12 @@ impl Marketplace for Ebay {
         };
         Ok(ProfileParts {
             hosts,
+            stand_in: Arc::new(EbayStandIn::new(
+                Arc::clone(&creds.key),
+                creds.jwe.clone(),
+                client,
+                &token_url,
+            )),
             signer: Arc::new(creds),
             token,
         })

@@ -1,8 +1,10 @@
 //! TikTok Shop: the `[tiktok.NAME]` table, its default host, the HMAC signer ([`sign`]), the
-//! refresh-token OAuth ([`oauth`]) and the signature doctor ([`doctor`]).
+//! refresh-token OAuth ([`oauth`]), the signature doctor ([`doctor`]) and the offline stand-in
+//! ([`sandbox`]).
 
 pub mod doctor;
 pub mod oauth;
+pub mod sandbox;
 pub mod sign;
 
 use std::sync::Arc;
@@ -12,6 +14,7 @@ use serde::Deserialize;
 use super::{Marketplace, ProfileContext, ProfileError, ProfileParts, TokenSource};
 use crate::secret::SecretRef;
 use oauth::TiktokOAuth;
+use sandbox::TiktokStandIn;
 use sign::TiktokCredentials;
 
 /// The registry's TikTok Shop.
@@ -75,6 +78,10 @@ impl Marketplace for Tiktok {
             hosts: raw
                 .hosts
                 .unwrap_or_else(|| self.default_hosts().iter().map(|h| h.to_string()).collect()),
+            stand_in: Arc::new(TiktokStandIn {
+                app_key: creds.app_key.clone(),
+                app_secret: creds.app_secret.clone(),
+            }),
             signer: Arc::new(creds),
             token,
         })
