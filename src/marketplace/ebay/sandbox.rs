@@ -699,6 +699,69 @@ MC4CAQAwBQYDK2VwBCIEIJ+DYvh6SEqVTm50DFtMDoQikTmiCqirVv9mWG9qfSnF
         );
     }
 
+    /// An RSA key verifies too (PKCS#1 v1.5), with the port kept out of a default-port authority.
+    #[test]
+    fn rsa_signatures_verify_and_a_foreign_key_does_not() {
+        use crate::marketplace::ebay::sign::EbayCredentials;
+        use crate::marketplace::{Sign, SignInput};
+        use crate::signing::RequestHead;
+        let rsa = Arc::new(
+            load_private_key(include_str!(
+                "../../../tests/fixtures/ebay/rsa2048-pkcs8.pem"
+            ))
+            .unwrap(),
+        );
+        let signer = EbayCredentials {
+            key: Arc::clone(&rsa),
+            jwe: Secret::new("rsa-jwe"),
+            enforce_signature: false,
+        };
+        let head = RequestHead {
+            method: Method::GET,
+            authority: "apiz.ebay.com".into(),
+            path_and_query: "/sell/finances/v1/seller_funds_summary?x=1".into(),
+            headers: HeaderMap::new(),
+        };
+        let token = Secret::new("t");
+        let signed = signer
+            .sign(SignInput {
+                head: &head,
+                body: b"",
+                access_token: Some(&token),
+                now: Timestamp::from_secs(VECTOR_CREATED),
+            })
+            .unwrap();
+        let req = SandboxRequest {
+            method: Method::GET,
+            host: "apiz.ebay.com".into(),
+            authority: "apiz.ebay.com:443".into(),
+            path: "/sell/finances/v1/seller_funds_summary".into(),
+            query: Some("x=1".into()),
+            headers: signed.headers,
+            body: Bytes::new(),
+        };
+        let stand_in = |key: Arc<PrivateKey>| {
+            EbayStandIn::new(key, Secret::new("rsa-jwe"), None, DEFAULT_TOKEN_PATH)
+        };
+        let book = TokenBook::new();
+        let cx = SandboxContext {
+            now: Timestamp::from_secs(VECTOR_CREATED),
+            token_ttl_secs: 60,
+            tokens: &book,
+            request_id: "r",
+        };
+        let answer = stand_in(rsa).answer(&req, &cx);
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+        assert_eq!(answer.body["sandbox"]["body_bytes"], 0);
+        let ed25519 = Arc::new(load_private_key(ED25519_PEM).unwrap());
+        let answer = stand_in(ed25519).answer(&req, &cx);
+        assert_eq!(
+            answer.body["errors"][0]["errorId"], 215_120,
+            "{}",
+            answer.body
+        );
+    }
+
     #[test]
     fn tokens_from_the_token_endpoint_work_until_they_expire() {
         let book = TokenBook::new();

@@ -224,30 +224,55 @@ fn string_to_sign_unfiltered(path: &str, params: &[(String, String)], body: &[u8
     concat(path, sorted, body)
 }
 
-/// The same JSON as other bytes, the way common clients re-serialize it: compact with keys sorted
-/// (serde_json's maps are ordered, so this also covers "key order changed"), and Python's
-/// `json.dumps` separators.
+/// The same JSON as other bytes, the way common clients re-serialize it: compact (JavaScript's
+/// `JSON.stringify`, Go's `json.Marshal` of a struct), Python's `json.dumps` separators
+/// (`requests(json=...)` sends that), each in the order sent and with keys sorted (Go maps,
+/// `sort_keys=True`): the latter also covers "key order changed".
 fn reserialized(body: &[u8]) -> Vec<(&'static str, Vec<u8>)> {
     let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) else {
         return Vec::new();
     };
-    let mut out = Vec::new();
-    if let Ok(compact) = serde_json::to_vec(&value) {
-        if compact != body {
-            out.push((
-                "the body was signed re-serialized (compact `{\"a\":1}`, keys sorted) but sent with other bytes: sign exactly the bytes sent",
-                compact,
-            ));
+    let mut sorted = value.clone();
+    sort_keys(&mut sorted);
+    let variants: [(&'static str, Option<Vec<u8>>); 4] = [
+        (
+            "the body was signed re-serialized compact (`{\"a\":1}`) but sent with other bytes: sign exactly the bytes sent",
+            serde_json::to_vec(&value).ok(),
+        ),
+        (
+            "the body was signed re-serialized (compact `{\"a\":1}`, keys sorted) but sent with other bytes: sign exactly the bytes sent",
+            serde_json::to_vec(&sorted).ok(),
+        ),
+        (
+            "the body was signed as Python's json.dumps writes it (`{\"a\": 1}`) but sent with other bytes: sign exactly the bytes sent",
+            Some(python_dumps(&value).into_bytes()),
+        ),
+        (
+            "the body was signed as Python's json.dumps(sort_keys=True) writes it (`{\"a\": 1}`, keys sorted) but sent with other bytes: sign exactly the bytes sent",
+            Some(python_dumps(&sorted).into_bytes()),
+        ),
+    ];
+    let mut out: Vec<(&'static str, Vec<u8>)> = Vec::new();
+    for (mistake, bytes) in variants {
+        let Some(bytes) = bytes else { continue };
+        // A variant that is the body itself, or one already listed, reproduces nothing new.
+        if bytes != body && !out.iter().any(|(_, seen)| *seen == bytes) {
+            out.push((mistake, bytes));
         }
     }
-    let spaced = python_dumps(&value);
-    if spaced.as_bytes() != body {
-        out.push((
-            "the body was signed as Python's json.dumps writes it (`{\"a\": 1}`) but sent with other bytes: sign exactly the bytes sent",
-            spaced.into_bytes(),
-        ));
-    }
     out
+}
+
+/// Sorts every object's keys, recursively (maps keep insertion order in this build).
+fn sort_keys(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Object(map) => {
+            map.sort_keys();
+            map.values_mut().for_each(sort_keys);
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(sort_keys),
+        _ => {}
+    }
 }
 
 /// `json.dumps` with its default separators (`, ` and `: `); keys in the order given.
@@ -443,6 +468,19 @@ mod tests {
         let unsorted = br#"{"b":[1,2],"a":1}"#;
         let sorted = format!("{inner}{}", std::str::from_utf8(body).unwrap());
         assert!(mistake_of(&post(&wrapped(&sorted)), unsorted).contains("keys sorted"));
+        // Python's json.dumps keeps the order sent: spaced, unsorted keys are reproduced as such.
+        let spaced_unsorted = format!("{inner}{}", r#"{"b": [1, 2], "a": 1}"#);
+        let mistake = mistake_of(&post(&wrapped(&spaced_unsorted)), unsorted);
+        assert!(mistake.contains("json.dumps writes it"), "{mistake}");
+        assert!(!mistake.contains("sort_keys"), "{mistake}");
+        // And sort_keys=True is its own variant.
+        let spaced_sorted = format!("{inner}{}", r#"{"a": 1, "b": [1, 2]}"#);
+        let mistake = mistake_of(&post(&wrapped(&spaced_sorted)), unsorted);
+        assert!(mistake.contains("sort_keys=True"), "{mistake}");
+        // A compact body sent pretty-printed (JSON.stringify's output signed, then re-indented).
+        let pretty = b"{\n  \"b\": [1, 2],\n  \"a\": 1\n}";
+        let compact = format!("{inner}{}", std::str::from_utf8(unsorted).unwrap());
+        assert!(mistake_of(&post(&wrapped(&compact)), pretty).contains("compact (`"));
 
         let multipart = "multipart/form-data; boundary=xyz";
         let part = b"--xyz\r\ncontent-disposition: form-data; name=\"f\"\r\n\r\nv\r\n--xyz--\r\n";
