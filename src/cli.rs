@@ -202,7 +202,15 @@ fn run(flag: Option<PathBuf>, sandbox: bool) -> Result<(), String> {
     let path = config::resolve_path(flag.as_deref());
     let config = Arc::new(load_for_run(&path, sandbox)?);
     crate::logging::init(&config.log);
-    runtime()?.block_on(serve(path, config, sandbox))
+    // The proxy port is served by its own worker threads (`[proxy] workers`); this runtime only
+    // runs the control plane: signals, reloads, the admin port, token prefetch.
+    let control = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("signproxy-control")
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    control.block_on(serve(path, config, sandbox))
 }
 
 fn create_state_dir(config: &Config) -> Result<(), String> {
@@ -217,14 +225,25 @@ fn create_state_dir(config: &Config) -> Result<(), String> {
 
 async fn serve(path: PathBuf, config: Arc<Config>, sandbox_flag: bool) -> Result<(), String> {
     create_state_dir(&config)?;
-    let listener = bind(config.proxy.listen, "proxy.listen").await?;
+    let workers = config.proxy.workers;
+    let listeners = crate::proxy::workers::bind(config.proxy.listen, workers)
+        .await
+        .map_err(|e| {
+            format!(
+                "cannot listen on {} ({e}): change [proxy] listen",
+                config.proxy.listen
+            )
+        })?;
     let admin_listener = match config.admin.listen {
         Some(addr) => Some(bind(addr, "admin.listen").await?),
         None => None,
     };
-    let own_addresses = std::iter::once(&listener)
-        .chain(admin_listener.as_ref())
-        .filter_map(|l| l.local_addr().ok())
+    let listen_addr = listeners
+        .first()
+        .and_then(|l| l.local_addr().ok())
+        .unwrap_or(config.proxy.listen);
+    let own_addresses = std::iter::once(listen_addr)
+        .chain(admin_listener.as_ref().and_then(|l| l.local_addr().ok()))
         .collect();
     let proxy = Proxy::new(Arc::clone(&config), Arc::new(Metrics::new()), own_addresses)
         .map_err(|e| e.to_string())?;
@@ -232,7 +251,8 @@ async fn serve(path: PathBuf, config: Arc<Config>, sandbox_flag: bool) -> Result
     tokio::spawn(reload_on_sighup(proxy.clone(), path, sandbox_flag));
     let local = |l: &TcpListener| l.local_addr().map(|a| a.to_string()).unwrap_or_default();
     tracing::info!(
-        listen = %local(&listener),
+        listen = %listen_addr,
+        workers = listeners.len(),
         admin = %admin_listener.as_ref().map(local).unwrap_or_else(|| "off".to_owned()),
         config = %config.source.display(),
         ca_cert = %config.mitm.ca_cert.display(),
@@ -253,7 +273,12 @@ async fn serve(path: PathBuf, config: Arc<Config>, sandbox_flag: bool) -> Result
         }));
     }
     tokio::spawn(obtain_missing_tokens(proxy.clone()));
-    let served = proxy.serve(listener, shutdown_signal()).await;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    let served = crate::proxy::workers::serve(proxy.clone(), listeners, stop_rx).await;
     let _ = stopped_tx.send(true);
     served.map_err(|e| e.to_string())?;
     tracing::info!("signproxy stopped");

@@ -106,6 +106,9 @@ pub struct ProxySettings {
     pub state_dir: PathBuf,
     /// Client connections served at once (a CONNECT tunnel holds its connection's slot).
     pub max_connections: usize,
+    /// Event-loop threads serving the proxy port, each with its own listener (SO_REUSEPORT)
+    /// and upstream pools; `0` in the file means one per CPU.
+    pub workers: usize,
     /// A client must send a complete request head within this (slowloris defence).
     pub header_read_timeout: Duration,
     /// A client connection or tunnel with no traffic either way for this long is closed.
@@ -266,6 +269,7 @@ struct RawProxy {
     passthrough: Vec<String>,
     state_dir: Option<PathBuf>,
     max_connections: Option<usize>,
+    workers: Option<usize>,
     header_read_timeout_ms: Option<u64>,
     idle_timeout_ms: Option<u64>,
     shutdown_grace_ms: Option<u64>,
@@ -410,6 +414,16 @@ impl Config {
                 format!("{max_connections} is too many: use at most {}", u32::MAX),
             ));
         }
+        let workers = match raw.proxy.workers.unwrap_or(0) {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            n if n > 256 => {
+                return Err(err(
+                    Some("proxy.workers".into()),
+                    format!("{n} is too many: use at most 256 (0: one per CPU)"),
+                ))
+            }
+            n => n,
+        };
         let header_read_timeout = ctx.millis(
             "proxy.header_read_timeout_ms",
             raw.proxy.header_read_timeout_ms,
@@ -564,6 +578,7 @@ impl Config {
                 passthrough,
                 state_dir,
                 max_connections,
+                workers,
                 header_read_timeout,
                 idle_timeout,
                 shutdown_grace,

@@ -43,11 +43,26 @@ pub enum UpstreamError {
     Denied(EgressDenied),
 }
 
+type HttpsClient = Client<HttpsConnector<Dialer>, UpstreamBody>;
+
+std::thread_local! {
+    /// Which worker's pools this thread uses (see [`Upstream::new`]); other threads share one
+    /// more set.
+    static WORKER: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+}
+
+/// Marks the calling thread as worker `index`: its requests use that worker's pools, so an
+/// upstream connection is driven by the event loop that uses it (no cross-thread wake-ups).
+pub fn set_worker(index: usize) {
+    WORKER.with(|w| w.set(Some(index)));
+}
+
 /// The shared upstream clients. Cloning is cheap and shares the pools.
 #[derive(Clone)]
 pub struct Upstream {
-    client: Client<HttpsConnector<Dialer>, UpstreamBody>,
-    guarded: Client<HttpsConnector<Dialer>, UpstreamBody>,
+    /// One pooled client per worker thread, plus one for every other thread.
+    clients: Arc<[HttpsClient]>,
+    guarded: Arc<[HttpsClient]>,
     dialer: Dialer,
     egress: Arc<EgressPolicy>,
     request_timeout: Duration,
@@ -59,7 +74,13 @@ pub struct Upstream {
 
 impl Upstream {
     /// `egress` guards every destination that is not a marketplace host (passthrough).
-    pub fn new(settings: &UpstreamSettings, egress: EgressPolicy) -> Result<Self, UpstreamError> {
+    /// `workers` is how many event-loop threads will call [`set_worker`]: each gets pools of
+    /// its own.
+    pub fn new(
+        settings: &UpstreamSettings,
+        egress: EgressPolicy,
+        workers: usize,
+    ) -> Result<Self, UpstreamError> {
         let tls = client_tls_config(&settings.extra_roots)?;
         let egress = Arc::new(egress);
         let dialer = Dialer {
@@ -82,9 +103,10 @@ impl Upstream {
                 .pool_max_idle_per_host(256)
                 .build(connector)
         };
+        let sets = workers.max(1) + 1;
         Ok(Upstream {
-            client: client(dialer.clone()),
-            guarded: client(guarded_dialer),
+            clients: (0..sets).map(|_| client(dialer.clone())).collect(),
+            guarded: (0..sets).map(|_| client(guarded_dialer.clone())).collect(),
             dialer,
             egress,
             request_timeout: settings.request_timeout,
@@ -117,7 +139,7 @@ impl Upstream {
                 .map_err(|e| UpstreamError::Connect {
                     reason: format!("reading the request body for the sandbox failed: {e}"),
                 }),
-            None => self.send_with(&self.client, req).await,
+            None => self.send_with(pick(&self.clients), req).await,
         }
     }
 
@@ -126,12 +148,12 @@ impl Upstream {
         &self,
         req: Request<UpstreamBody>,
     ) -> Result<Response<ResponseBody>, UpstreamError> {
-        self.send_with(&self.guarded, req).await
+        self.send_with(pick(&self.guarded), req).await
     }
 
     async fn send_with(
         &self,
-        client: &Client<HttpsConnector<Dialer>, UpstreamBody>,
+        client: &HttpsClient,
         req: Request<UpstreamBody>,
     ) -> Result<Response<ResponseBody>, UpstreamError> {
         match tokio::time::timeout(self.request_timeout, client.request(req)).await {
@@ -174,6 +196,13 @@ impl Upstream {
     pub fn connect_timeout(&self) -> Duration {
         self.dialer.timeout
     }
+}
+
+/// The calling thread's client: its worker's, or the last one for any other thread.
+fn pick(clients: &[HttpsClient]) -> &HttpsClient {
+    let last = clients.len().saturating_sub(1);
+    let index = WORKER.with(|w| w.get()).map_or(last, |i| i.min(last));
+    &clients[index]
 }
 
 /// rustls client config trusting the web roots plus `extra_roots`, with the ring provider.

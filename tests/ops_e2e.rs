@@ -2295,3 +2295,64 @@ async fn a_marketplace_clock_far_from_ours_is_a_gauge_and_one_warning() {
         .await;
     assert_eq!(warnings.len(), 1, "warned once, not per answer");
 }
+
+/// `[proxy] workers`: that many event loops share the port (SO_REUSEPORT), each with its own
+/// upstream pools; connections spread over them are all signed, the connection limit is one
+/// for the process, and SIGTERM stops every one of them.
+#[tokio::test]
+async fn several_workers_share_the_port_and_the_connection_limit() {
+    let (_ca, upstream, mut bin) = tiktok_setup("workers = 3\nmax_connections = 40", "").await;
+    let lines = bin
+        .wait_for_json(
+            1,
+            |v| v["fields"]["workers"] == 3 || v["workers"] == 3,
+            "workers = 3",
+        )
+        .await;
+    assert!(
+        lines[0].to_string().contains("signproxy listening"),
+        "{:?}",
+        lines[0]
+    );
+    let mut answers = Vec::new();
+    for i in 0..24 {
+        // A fresh client per request: a new connection each, spread by the kernel.
+        let client = bin.client();
+        answers.push(tokio::spawn(async move {
+            client
+                .get(format!("http://{HOST}/workers/{i}?n={i}"))
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+        }));
+    }
+    for answer in answers {
+        assert_eq!(answer.await.unwrap().unwrap(), 200);
+    }
+    let received = upstream.requests();
+    assert_eq!(received.len(), 24);
+    assert!(
+        received.iter().all(|r| r.signature.ok),
+        "every worker signs"
+    );
+    // 40 idle connections, spread over the workers, take every slot: the next is refused
+    // whichever worker accepts it.
+    let mut held = Vec::new();
+    for _ in 0..40 {
+        held.push(TcpStream::connect(bin.proxy).await.unwrap());
+    }
+    bin.wait_for_metric("signproxy_open_connections", |v| v >= 40.0)
+        .await;
+    let refused = bin
+        .client()
+        .get(format!("http://{HOST}/workers/refused"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 503);
+    assert_eq!(upstream.requests().len(), 24);
+    drop(held);
+    bin.signal("TERM");
+    let exit = bin.wait_exit(Duration::from_secs(10)).await;
+    assert_eq!(exit.code(), Some(0), "{}", bin.all_output());
+}

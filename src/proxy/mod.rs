@@ -1,7 +1,8 @@
 //! The proxy server: [`Proxy`] holds the live state (swapped whole on reload) and runs the
 //! accept loop with its limits and graceful shutdown. `admission` checks every request first
 //! (proxy authentication, head limits), `forward` handles absolute-form requests, `connect` handles CONNECT, `access_log` writes the canonical line, `limits` owns connection
-//! slots and timeouts, and `error` turns every failure into the one response shape.
+//! slots and timeouts, `workers` runs one event loop per worker thread, and `error` turns every
+//! failure into the one response shape.
 
 pub mod access_log;
 pub mod admission;
@@ -9,6 +10,7 @@ pub mod connect;
 pub mod error;
 pub mod forward;
 pub mod limits;
+pub mod workers;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -91,7 +93,7 @@ impl State {
                 .chain(config.admin.listen)
                 .collect(),
         };
-        let mut upstream = Upstream::new(&config.upstream, egress)?;
+        let mut upstream = Upstream::new(&config.upstream, egress, config.proxy.workers)?;
         // Tokens the sandbox issued are honoured across a reload, as the marketplace would.
         let same_mode = previous.filter(|p| p.config.sandbox.enabled == config.sandbox.enabled);
         if config.sandbox.enabled {
@@ -158,6 +160,8 @@ pub enum ServeError {
     Ca(#[from] CaError),
     #[error("tokens: {0}")]
     Token(#[from] TokenError),
+    #[error("worker runtime: {0}")]
+    Runtime(#[source] std::io::Error),
 }
 
 /// The running proxy: its current [`State`] and the process-wide metrics. Cheap to clone.
@@ -165,6 +169,11 @@ pub enum ServeError {
 pub struct Proxy {
     current: Arc<RwLock<Arc<State>>>,
     metrics: Arc<Metrics>,
+    /// `[proxy] max_connections`, shared by every listener (one per worker) and across reloads.
+    slots: Arc<Semaphore>,
+    /// Refusing politely (a 503 after reading the request) also takes a task and a socket: at
+    /// most as many as there are slots; past that a connection is just closed.
+    refusals: Arc<Semaphore>,
     /// Where this process listens (proxy and admin, as bound): never a passthrough destination.
     own_addresses: Arc<Vec<SocketAddr>>,
 }
@@ -187,10 +196,13 @@ impl Proxy {
         own_addresses: Vec<SocketAddr>,
         clock: SharedClock,
     ) -> Result<Proxy, ServeError> {
+        let max_connections = config.proxy.max_connections;
         let state = State::build(config, &metrics, None, &own_addresses, clock)?;
         Ok(Proxy {
             current: Arc::new(RwLock::new(Arc::new(state))),
             metrics,
+            slots: Arc::new(Semaphore::new(max_connections)),
+            refusals: Arc::new(Semaphore::new(max_connections)),
             own_addresses: Arc::new(own_addresses),
         })
     }
@@ -222,27 +234,26 @@ impl Proxy {
     }
 
     /// Serves proxy connections from `listener` until `shutdown` resolves, then lets in-flight
-    /// requests finish within `[proxy] shutdown_grace_ms`.
+    /// requests finish within `[proxy] shutdown_grace_ms`. Several listeners (one per worker
+    /// thread) may be served at once: they share the connection slots, and each returns once
+    /// every connection has ended.
     pub async fn serve(
         &self,
         listener: TcpListener,
-        shutdown: impl Future<Output = ()> + Send,
+        shutdown: impl Future<Output = ()>,
     ) -> Result<(), ServeError> {
         let max_connections = self.state().config.proxy.max_connections;
-        let slots = Arc::new(Semaphore::new(max_connections));
-        // Refusing politely (a 503 after reading the request) also takes a task and a socket:
-        // at most as many as there are slots; past that a connection is just closed.
-        let refusals = Arc::new(Semaphore::new(max_connections));
+        let slots = &self.slots;
+        let refusals = &self.refusals;
         let (phase_tx, phase_rx) = watch::channel(Phase::Serving);
         let mut connections = JoinSet::new();
-        let mut last_accept_warning: Option<Instant> = None;
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok((stream, _peer)) => {
                         let _ = stream.set_nodelay(true);
-                        match Arc::clone(&slots).try_acquire_owned() {
+                        match Arc::clone(slots).try_acquire_owned() {
                             Ok(permit) => {
                                 let conn = ConnContext {
                                     slot: ConnectionSlot::new(permit, Arc::clone(&self.metrics)),
@@ -253,7 +264,7 @@ impl Proxy {
                             }
                             Err(_) => {
                                 self.metrics.connection_refused();
-                                if let Ok(refusal) = Arc::clone(&refusals).try_acquire_owned() {
+                                if let Ok(refusal) = Arc::clone(refusals).try_acquire_owned() {
                                     connections.spawn(refuse_connection(self.state(), stream, max_connections, refusal));
                                 }
                             }
@@ -261,10 +272,8 @@ impl Proxy {
                     }
                     Err(e) => {
                         // Usually EMFILE: back off instead of spinning, and say so at most once a
-                        // second however long it lasts.
-                        let now = Instant::now();
-                        if last_accept_warning.map_or(true, |at| now.duration_since(at) >= Duration::from_secs(1)) {
-                            last_accept_warning = Some(now);
+                        // second however long it lasts, across every worker's listener.
+                        if accept_warning_due() {
                             tracing::warn!(error = %e, "accept failed (out of file handles?); backing off");
                         }
                         tokio::time::sleep(ACCEPT_BACKOFF).await;
@@ -284,7 +293,11 @@ impl Proxy {
         let _ = phase_tx.send(Phase::Draining);
         // Every slot back means every connection and tunnel has ended.
         let all = u32::try_from(max_connections).unwrap_or(u32::MAX);
-        let drained = tokio::time::timeout(grace, slots.acquire_many(all)).await;
+        // Held only for the check: a listener that finishes first must not keep the others'
+        // slots from coming back.
+        let drained = tokio::time::timeout(grace, slots.acquire_many(all))
+            .await
+            .map(drop);
         if drained.is_err() {
             tracing::warn!(
                 open = max_connections - slots.available_permits(),
@@ -312,6 +325,27 @@ pub async fn run(
 
 /// How long the accept loop pauses after a failed accept (usually: out of file handles).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Whether an accept failure may be logged now: at most once a second for the whole process
+/// (every worker's accept loop fails together when the process runs out of handles).
+fn accept_warning_due() -> bool {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    // Milliseconds since START of the last warning, plus one (0: none yet).
+    static LAST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let now = u64::try_from(START.get_or_init(Instant::now).elapsed().as_millis())
+        .unwrap_or(u64::MAX)
+        .saturating_add(1);
+    let last = LAST.load(std::sync::atomic::Ordering::Relaxed);
+    (last == 0 || now.saturating_sub(last) >= 1000)
+        && LAST
+            .compare_exchange(
+                last,
+                now,
+                std::sync::atomic::Ordering::Relaxed,
+                std::sync::atomic::Ordering::Relaxed,
+            )
+            .is_ok()
+}
 
 /// Settings a reload cannot apply to a running server.
 fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
