@@ -24,6 +24,9 @@ use crate::state_dir::exposure_warning;
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 32 * 1024 * 1024;
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+/// The default `[upstream] max_in_flight`: upstream connections (and their TLS buffers) stay
+/// bounded however many clients connect.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
 pub const DEFAULT_HEADER_READ_TIMEOUT_MS: u64 = 10_000;
 pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 60_000;
 pub const DEFAULT_SHUTDOWN_GRACE_MS: u64 = 10_000;
@@ -163,6 +166,9 @@ pub struct UpstreamSettings {
     pub connect_to: BTreeMap<String, String>,
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
+    /// Requests in flight to upstreams at once, for the whole process (each holds one upstream
+    /// connection until its answer is read); more wait their turn within the request timeout.
+    pub max_in_flight: usize,
 }
 
 /// `[sandbox]`: the built-in marketplace stand-ins.
@@ -306,6 +312,7 @@ struct RawUpstream {
     #[serde(default)]
     connect_to: BTreeMap<String, String>,
     connect_timeout_ms: Option<u64>,
+    max_in_flight: Option<usize>,
     request_timeout_ms: Option<u64>,
 }
 
@@ -895,6 +902,10 @@ impl Ctx<'_> {
                 raw.request_timeout_ms,
                 60_000,
             )?,
+            max_in_flight: match raw.max_in_flight.unwrap_or(DEFAULT_MAX_IN_FLIGHT) {
+                0 => return Err(self.fail("upstream.max_in_flight", "must be at least 1")),
+                n => n,
+            },
         })
     }
 

@@ -20,6 +20,7 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::UpstreamSettings;
 use crate::egress::{find_denied, EgressDenied, EgressError, EgressPolicy};
@@ -63,6 +64,9 @@ pub struct Upstream {
     /// One pooled client per worker thread, plus one for every other thread.
     clients: Arc<[HttpsClient]>,
     guarded: Arc<[HttpsClient]>,
+    /// `[upstream] max_in_flight`, split evenly over the client sets: a permit per request in
+    /// flight, held until its answer has been read, so connections stay bounded.
+    in_flight: Arc<[Arc<Semaphore>]>,
     dialer: Dialer,
     egress: Arc<EgressPolicy>,
     request_timeout: Duration,
@@ -104,7 +108,9 @@ impl Upstream {
                 .build(connector)
         };
         let sets = workers.max(1) + 1;
+        let share = settings.max_in_flight.div_ceil(workers.max(1)).max(1);
         Ok(Upstream {
+            in_flight: (0..sets).map(|_| Arc::new(Semaphore::new(share))).collect(),
             clients: (0..sets).map(|_| client(dialer.clone())).collect(),
             guarded: (0..sets).map(|_| client(guarded_dialer.clone())).collect(),
             dialer,
@@ -139,7 +145,10 @@ impl Upstream {
                 .map_err(|e| UpstreamError::Connect {
                     reason: format!("reading the request body for the sandbox failed: {e}"),
                 }),
-            None => self.send_with(pick(&self.clients), req).await,
+            None => {
+                self.send_with(pick(&self.clients), pick(&self.in_flight), req)
+                    .await
+            }
         }
     }
 
@@ -148,17 +157,30 @@ impl Upstream {
         &self,
         req: Request<UpstreamBody>,
     ) -> Result<Response<ResponseBody>, UpstreamError> {
-        self.send_with(pick(&self.guarded), req).await
+        self.send_with(pick(&self.guarded), pick(&self.in_flight), req)
+            .await
     }
 
     async fn send_with(
         &self,
         client: &HttpsClient,
+        in_flight: &Arc<Semaphore>,
         req: Request<UpstreamBody>,
     ) -> Result<Response<ResponseBody>, UpstreamError> {
-        match tokio::time::timeout(self.request_timeout, client.request(req)).await {
+        let exchange = async {
+            // The semaphore is never closed, so this only waits.
+            let permit = Arc::clone(in_flight).acquire_owned().await.ok();
+            client.request(req).await.map(|resp| (resp, permit))
+        };
+        match tokio::time::timeout(self.request_timeout, exchange).await {
             Err(_) => Err(UpstreamError::Timeout(self.request_timeout)),
-            Ok(Ok(resp)) => Ok(resp.map(|body: Incoming| body.boxed())),
+            Ok(Ok((resp, permit))) => Ok(resp.map(|body: Incoming| {
+                Holding {
+                    inner: body,
+                    _permit: permit,
+                }
+                .boxed()
+            })),
             Ok(Err(e)) => match find_denied(&e) {
                 Some(denied) => Err(UpstreamError::Denied(denied.clone())),
                 None => Err(UpstreamError::Connect {
@@ -198,8 +220,35 @@ impl Upstream {
     }
 }
 
-/// The calling thread's client: its worker's, or the last one for any other thread.
-fn pick(clients: &[HttpsClient]) -> &HttpsClient {
+/// An upstream answer's body that holds its in-flight permit until it is read to the end or
+/// dropped: until then its connection is busy.
+struct Holding {
+    inner: Incoming,
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+impl hyper::body::Body for Holding {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The calling thread's entry (client, limit): its worker's, or the last for any other thread.
+fn pick<T>(clients: &[T]) -> &T {
     let last = clients.len().saturating_sub(1);
     let index = WORKER.with(|w| w.get()).map_or(last, |i| i.min(last));
     &clients[index]

@@ -583,3 +583,37 @@ async fn a_query_that_is_not_utf8_is_refused_before_anything_is_sent() {
     assert!(String::from_utf8_lossy(&body).contains("`a`"));
     assert!(upstream.requests().is_empty());
 }
+
+/// `[upstream] max_in_flight`: past the limit, requests wait for an upstream answer to finish
+/// instead of opening more connections.
+#[tokio::test]
+async fn upstream_requests_past_max_in_flight_wait_their_turn() {
+    let ca = TestCa::new();
+    let upstream = TestUpstream::start(&ca, tiktok_verifier());
+    // One worker: the harness's thread uses a set of its own, sized max_in_flight / workers.
+    let config = test_config("workers = 1", "max_in_flight = 1", &tiktok_profile());
+    let proxy = ProxyHarness::start(&config, &ca, Some(&upstream)).await;
+    let (open, held) = gate();
+    upstream.set_behaviour(Behaviour::echo().held_until(held));
+    let mut pending = Vec::new();
+    for i in 0..3 {
+        let client = reqwest_via_proxy(proxy.addr, &proxy.proxy_ca_pem());
+        pending.push(tokio::spawn(async move {
+            client
+                .get(format!("http://{HOST}/queued/{i}"))
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+        }));
+    }
+    upstream.wait_for_requests(1, Duration::from_secs(20)).await;
+    // The other two wait at the proxy: the upstream sees one request, on one connection.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(upstream.requests().len(), 1);
+    open.send(true).unwrap();
+    for answer in pending {
+        assert_eq!(answer.await.unwrap().unwrap(), 200);
+    }
+    assert_eq!(upstream.requests().len(), 3);
+    assert!(upstream.requests().iter().all(|r| r.signature.ok));
+}
