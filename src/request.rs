@@ -9,40 +9,40 @@ use crate::route::PROFILE_HEADER;
 use crate::signing::{RequestHead, SignError};
 
 /// Headers that describe one hop, not the request (RFC 9110 §7.6.1), plus the proxy's own.
-const HOP_BY_HOP: [&str; 9] = [
-    "connection",
-    "proxy-connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
+/// Typed names: comparing them costs no parsing on the hot path.
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("proxy-connection"),
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
 ];
 
-/// Removes hop-by-hop headers, including any the `Connection` header names.
+/// Removes hop-by-hop headers, including any the `Connection` header names, and every
+/// `Proxy-*` header (those are for signproxy: credentials, tunnels; never for the upstream).
+/// Most heads carry none of them: one pass over the names finds that without allocating.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
-    }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
-    }
-    // Every `Proxy-*` header is for signproxy (credentials, tunnels), never for the upstream.
-    let proxy_headers: Vec<HeaderName> = headers
+    let mut doomed: Vec<HeaderName> = headers
         .keys()
-        .filter(|name| name.as_str().starts_with("proxy-"))
+        .filter(|name| HOP_BY_HOP.contains(name) || name.as_str().starts_with("proxy-"))
         .cloned()
         .collect();
-    for name in proxy_headers {
+    if doomed.is_empty() {
+        return;
+    }
+    doomed.extend(
+        headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok()),
+    );
+    for name in doomed {
         headers.remove(name);
     }
 }
@@ -60,7 +60,9 @@ pub fn prepare_head(
     let announced_body = headers.contains_key(header::CONTENT_LENGTH)
         || headers.contains_key(header::TRANSFER_ENCODING);
     strip_hop_by_hop(&mut headers);
-    headers.remove(PROFILE_HEADER);
+    if headers.contains_key(PROFILE_HEADER) {
+        headers.remove(PROFILE_HEADER);
+    }
     headers.remove(header::CONTENT_LENGTH);
     let host = HeaderValue::from_str(&authority)
         .map_err(|_| SignError::BadRequest(format!("`{authority}` is not a valid host")))?;
