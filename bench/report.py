@@ -11,7 +11,7 @@ import statistics
 import sys
 
 out, rounds, secs, conc = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
-ORDER = ["direct", "signproxy-tiktok", "signproxy-ebay", "signproxy-connect", "nginx", "mitmdump"]
+ORDER = ["direct", "signproxy-tiktok", "signproxy-ebay", "signproxy-connect", "nginx", "mitmdump", "baseline-tiktok"]
 LABEL = {
     "direct": "direct to the TLS upstream",
     "signproxy-tiktok": "signproxy, TikTok signing, HTTP_PROXY",
@@ -19,6 +19,7 @@ LABEL = {
     "signproxy-connect": "signproxy, TikTok via CONNECT interception",
     "nginx": "nginx as a TLS-originating proxy, no signing",
     "mitmdump": "mitmdump with a TikTok HMAC addon",
+    "baseline-tiktok": "baseline build (BENCH_BASELINE), TikTok signing",
 }
 
 
@@ -106,6 +107,9 @@ check("signproxy TikTok / mitmdump", ratio("signproxy-tiktok", "mitmdump"), ">= 
 p99_ours, p99_nginx = results.get("signproxy-tiktok", {}).get("p99"), results.get("nginx", {}).get("p99")
 check("p99 signproxy TikTok / p99 nginx", p99_ours / p99_nginx if p99_ours and p99_nginx else None, "<= 1.0", lambda v: v <= 1.0)
 check("CONNECT / absolute-form", ratio("signproxy-connect", "signproxy-tiktok"), ">= 0.9", lambda v: v >= 0.9)
+if "baseline-tiktok" in results:
+    value = per_round_ratio("signproxy-tiktok", "baseline-tiktok")
+    print(f"| this build / baseline build, TikTok (median of per-round ratios) | {value:.2f} | (information) |" if value else "")
 check("eBay Ed25519 / TikTok", ratio("signproxy-ebay", "signproxy-tiktok"), ">= 0.8", lambda v: v >= 0.8)
 
 extras = {}
