@@ -31,8 +31,8 @@
 //!   persist, retry on expiry).
 //! - [`metrics`]: the Prometheus metrics the proxy keeps.
 //! - [`proxy`]: the server: live state and reload, admission (auth, head limits), accept loop,
-//!   limits and shutdown, the canonical log line, absolute-form forwarding, CONNECT, and the
-//!   single place where errors become HTTP responses.
+//!   one event loop per worker thread, limits and shutdown, the canonical log line,
+//!   absolute-form forwarding, CONNECT, and the single place where errors become HTTP responses.
 //! - [`doctor`]: `signproxy doctor`: a raw request someone's code signed → the marketplace's
 //!   diagnosis (right, or which mistake).
 //! - [`admin`]: the operator's port: `/healthz`, `/readyz`, `/metrics`.

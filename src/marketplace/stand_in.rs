@@ -128,6 +128,19 @@ pub struct SandboxContext<'a> {
     pub request_id: &'a str,
 }
 
+impl<'a> SandboxContext<'a> {
+    /// A context at `now` (Unix seconds) granting two-hour tokens, for a stand-in's tests.
+    #[cfg(test)]
+    pub fn at(now: u64, tokens: &'a TokenBook) -> Self {
+        SandboxContext {
+            now: Timestamp::from_secs(now),
+            token_ttl_secs: 7200,
+            tokens,
+            request_id: "req-1",
+        }
+    }
+}
+
 /// Access or refresh token, minted apart so that one never passes for the other.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TokenKind {

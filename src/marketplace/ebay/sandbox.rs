@@ -603,13 +603,7 @@ MC4CAQAwBQYDK2VwBCIEIJ+DYvh6SEqVTm50DFtMDoQikTmiCqirVv9mWG9qfSnF
     }
 
     fn answer(req: &SandboxRequest, book: &TokenBook, now: u64) -> (u16, Value) {
-        let cx = SandboxContext {
-            now: Timestamp::from_secs(now),
-            token_ttl_secs: 7200,
-            tokens: book,
-            request_id: "r",
-        };
-        let a = stand_in().answer(req, &cx);
+        let a = stand_in().answer(req, &SandboxContext::at(now, book));
         (a.status.as_u16(), a.body)
     }
 

@@ -367,7 +367,6 @@ fn sample(path: &str, now: u64) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clock::Timestamp;
     use crate::marketplace::stand_in::TokenBook;
     use bytes::Bytes;
     use http::HeaderMap;
@@ -401,13 +400,7 @@ mod tests {
     }
 
     fn answer(req: &SandboxRequest, book: &TokenBook, now: u64) -> (u16, Value) {
-        let cx = SandboxContext {
-            now: Timestamp::from_secs(now),
-            token_ttl_secs: 7200,
-            tokens: book,
-            request_id: "req-1",
-        };
-        let a = stand_in().answer(req, &cx);
+        let a = stand_in().answer(req, &SandboxContext::at(now, book));
         (a.status.as_u16(), a.body)
     }
 
