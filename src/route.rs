@@ -7,8 +7,9 @@ use std::sync::Arc;
 use crate::config::{is_ip_literal, Config, Profile, ProxyClient};
 use crate::egress::{classify, AddrClass};
 
-/// The request header a client may use to pick a profile; removed before forwarding.
-pub const PROFILE_HEADER: &str = "x-signproxy-profile";
+/// The request header a client may use to pick a profile; removed before forwarding. A typed
+/// name: looking it up on every request parses nothing.
+pub const PROFILE_HEADER: http::HeaderName = http::HeaderName::from_static("x-signproxy-profile");
 
 /// Ports an absolute-form (HTTP_PROXY) passthrough request may use besides `passthrough_ports`.
 const WEB_PORTS: [u16; 2] = [80, 443];

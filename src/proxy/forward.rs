@@ -527,18 +527,37 @@ impl BufferReservation {
 /// Past this, a marketplace that checks timestamps (TikTok: 5 minutes) is close to refusing.
 const CLOCK_SKEW_WARN_SECS: i64 = 10;
 
-/// Compares the marketplace's `Date` with our clock: a gauge always, a warning once.
+/// Compares the marketplace's `Date` with our clock: a gauge always, a warning once. `Date`
+/// changes once a second while answers come thousands of times a second: each thread parses a
+/// given value once.
 fn note_clock_skew(state: &State, host: &str, date: &HeaderValue) {
-    let Some(theirs) = date
-        .to_str()
-        .ok()
-        .and_then(|d| httpdate::parse_http_date(d).ok())
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-    else {
+    std::thread_local! {
+        static LAST: std::cell::RefCell<Option<(HeaderValue, Option<u64>)>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    let parse = |date: &HeaderValue| {
+        date.to_str()
+            .ok()
+            .and_then(|d| httpdate::parse_http_date(d).ok())
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_secs())
+    };
+    let theirs = LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        match last.as_ref() {
+            Some((seen, secs)) if seen == date => *secs,
+            _ => {
+                let secs = parse(date);
+                *last = Some((date.clone(), secs));
+                secs
+            }
+        }
+    });
+    let Some(theirs) = theirs else {
         return;
     };
     let ours = i64::try_from(state.clock.now().secs()).unwrap_or(i64::MAX);
-    let skew = i64::try_from(theirs.as_secs())
+    let skew = i64::try_from(theirs)
         .unwrap_or(i64::MAX)
         .saturating_sub(ours);
     if state.metrics.clock_skew(skew, CLOCK_SKEW_WARN_SECS) {
