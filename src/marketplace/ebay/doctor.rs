@@ -6,15 +6,11 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 
 use super::keys::Verified;
-use super::sign::{content_digest, signature_base, EbayCredentials};
+use super::sign::{content_digest, signature_base, EbayCredentials, JWE_MASK};
+use super::{CREATED_MAX_AGE_SECS, CREATED_MAX_AHEAD_SECS};
 use crate::clock::Timestamp;
 use crate::marketplace::Diagnosis;
 use crate::signing::RequestHead;
-
-/// eBay's window for `created` is undocumented; past this it is certainly refused.
-const WINDOW_SECS: u64 = 300;
-
-const JWE_MASK: &str = "<jwe from profile>";
 
 pub fn diagnose(
     creds: &EbayCredentials,
@@ -254,12 +250,12 @@ fn created_notes(created: &str, now: Timestamp) -> Vec<String> {
         )];
     }
     let now = now.secs();
-    if value > now + WINDOW_SECS {
+    if value > now + CREATED_MAX_AHEAD_SECS {
         vec![format!(
             "`created` is {} s in the future: check this machine's clock",
             value - now
         )]
-    } else if now.saturating_sub(value) > WINDOW_SECS {
+    } else if now.saturating_sub(value) > CREATED_MAX_AGE_SECS {
         vec![format!(
             "`created` is {} s old: eBay accepts only a few seconds; sign each request afresh",
             now - value

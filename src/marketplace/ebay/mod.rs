@@ -19,6 +19,12 @@ use oauth::{EbayOAuth, EBAY_PRODUCTION_TOKEN_URL, EBAY_SANDBOX_TOKEN_URL};
 use sandbox::{EbayStandIn, OAuthClient};
 use sign::EbayCredentials;
 
+/// How far `created` may lie from eBay's clock (its window is undocumented; "a few seconds" of
+/// true time is safe): at most this old...
+const CREATED_MAX_AGE_SECS: u64 = 300;
+/// ...and at most this far ahead. The doctor judges by these, and the stand-in refuses by them.
+const CREATED_MAX_AHEAD_SECS: u64 = 30;
+
 /// The registry's eBay.
 pub static EBAY: Ebay = Ebay;
 

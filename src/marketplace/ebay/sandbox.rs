@@ -12,14 +12,11 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use super::keys::{PrivateKey, Verified};
+use super::{CREATED_MAX_AGE_SECS, CREATED_MAX_AHEAD_SECS};
 use crate::marketplace::stand_in::{TokenCheck, TokenKind};
 use crate::marketplace::{SandboxAnswer, SandboxContext, SandboxRequest, StandIn};
 use crate::secret::{constant_time_eq, Secret};
 
-/// `created` may be at most this old...
-const OLDEST_SECS: u64 = 300;
-/// ...and at most this far ahead.
-const AHEAD_SECS: u64 = 30;
 const DEFAULT_TOKEN_PATH: &str = "/identity/v1/oauth2/token";
 /// eBay's tokens look like `v^1.1#i^1#...`: the characters that need form-encoding included.
 const ACCESS_PREFIX: &str = "v^1.1#i^1#sandbox#";
@@ -256,7 +253,9 @@ impl EbayStandIn {
             .created
             .clone()
             .map_err(|m| signature_error(215_113, m))?;
-        if created > now.saturating_add(AHEAD_SECS) || created.saturating_add(OLDEST_SECS) < now {
+        if created > now.saturating_add(CREATED_MAX_AHEAD_SECS)
+            || created.saturating_add(CREATED_MAX_AGE_SECS) < now
+        {
             return Err(signature_error(
                 215_114,
                 format!("created={created} is {} s from the server's time {now}: sign with the current time", now.abs_diff(created)),

@@ -27,7 +27,7 @@ const ENFORCE_SIGNATURE: HeaderName = HeaderName::from_static("x-ebay-enforce-si
 const IAF_TOKEN: HeaderName = HeaderName::from_static("x-ebay-api-iaf-token");
 
 /// What the explanation shows instead of the JWE.
-const JWE_MASK: &str = "<jwe from profile>";
+pub(super) const JWE_MASK: &str = "<jwe from profile>";
 const TOKEN_MASK: &str = "<access token>";
 
 /// The signing half of an eBay profile.

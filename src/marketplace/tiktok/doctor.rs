@@ -5,12 +5,11 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 use super::sign::{concat, hmac_hex, string_to_sign, TiktokCredentials};
+use super::{TIMESTAMP_MAX_AGE_SECS, TIMESTAMP_MAX_AHEAD_SECS};
 use crate::clock::Timestamp;
 use crate::marketplace::Diagnosis;
 use crate::signing::{media_type, RequestHead};
 
-/// TikTok refuses timestamps more than this far from its clock.
-const WINDOW_SECS: u64 = 300;
 /// The example timestamp in TikTok's documentation: code that hard-codes it fails at once.
 const DOC_EXAMPLE_TIMESTAMP: u64 = 1_623_812_664;
 
@@ -327,12 +326,12 @@ fn timestamp_notes(timestamp: Option<&str>, now: Timestamp) -> Vec<String> {
                 .to_owned(),
         );
     }
-    if value > now + WINDOW_SECS {
+    if value > now + TIMESTAMP_MAX_AHEAD_SECS {
         notes.push(format!(
             "`timestamp` is {} s in the future: check this machine's clock",
             value - now
         ));
-    } else if now.saturating_sub(value) > WINDOW_SECS {
+    } else if now.saturating_sub(value) > TIMESTAMP_MAX_AGE_SECS {
         notes.push(format!(
             "`timestamp` is {} s old: TikTok accepts about 5 minutes; sign each request (and each retry) afresh",
             now - value
@@ -499,6 +498,19 @@ mod tests {
         let future = format!("/api/x?app_key={KEY}&timestamp={}&sign=00", NOW + 3600);
         let d = check(&request(Method::GET, &future, None), b"", NOW);
         assert!(d.notes.iter().any(|n| n.contains("in the future")), "{d:?}");
+        // TikTok refuses more than 30 s ahead (and the stand-in with it): so does the doctor.
+        let ahead = format!("/api/x?app_key={KEY}&timestamp={}&sign=00", NOW + 31);
+        let d = check(&request(Method::GET, &ahead, None), b"", NOW);
+        assert!(
+            d.notes.iter().any(|n| n.contains("31 s in the future")),
+            "{d:?}"
+        );
+        let close = format!("/api/x?app_key={KEY}&timestamp={}&sign=00", NOW + 30);
+        let d = check(&request(Method::GET, &close, None), b"", NOW);
+        assert!(
+            !d.notes.iter().any(|n| n.contains("in the future")),
+            "{d:?}"
+        );
         let other_app = format!("/api/x?app_key=other&timestamp={NOW}&sign=00");
         let d = check(&request(Method::GET, &other_app, None), b"", NOW);
         assert!(d.notes.iter().any(|n| n.contains("another app")), "{d:?}");

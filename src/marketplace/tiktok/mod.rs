@@ -17,6 +17,12 @@ use oauth::TiktokOAuth;
 use sandbox::TiktokStandIn;
 use sign::TiktokCredentials;
 
+/// TikTok accepts a `timestamp` at most this old...
+const TIMESTAMP_MAX_AGE_SECS: u64 = 300;
+/// ...and at most this far ahead of its clock. The doctor judges by these, and the stand-in
+/// refuses by them.
+const TIMESTAMP_MAX_AHEAD_SECS: u64 = 30;
+
 /// The registry's TikTok Shop.
 pub static TIKTOK: Tiktok = Tiktok;
 

@@ -8,14 +8,11 @@ use http::{Method, StatusCode};
 use serde_json::{json, Value};
 use sha2::Sha256;
 
+use super::{TIMESTAMP_MAX_AGE_SECS, TIMESTAMP_MAX_AHEAD_SECS};
 use crate::marketplace::stand_in::{TokenCheck, TokenKind};
 use crate::marketplace::{SandboxAnswer, SandboxContext, SandboxRequest, StandIn};
 use crate::secret::{constant_time_eq, Secret};
 
-/// TikTok accepts a timestamp at most this old...
-const OLDEST_SECS: u64 = 300;
-/// ...and at most this far ahead of its clock.
-const AHEAD_SECS: u64 = 30;
 /// Refresh tokens the stand-in grants live this long (TikTok's have lasted about a year).
 const REFRESH_TTL_SECS: u64 = 365 * 24 * 3600;
 const TOKEN_HOST: &str = "auth.tiktok-shops.com";
@@ -272,20 +269,20 @@ fn check_timestamp(text: &str, now: u64) -> Result<(), String> {
             "Invalid timestamp `{text}`: expected Unix seconds (10 digits)"
         ));
     };
-    if ts > now.saturating_add(AHEAD_SECS) {
+    if ts > now.saturating_add(TIMESTAMP_MAX_AHEAD_SECS) {
         let hint = if text.len() >= 13 {
             " (it looks like milliseconds: send seconds)"
         } else {
             ""
         };
         return Err(format!(
-            "Invalid timestamp {ts}: {} s ahead of the server's clock (at most {AHEAD_SECS} s){hint}",
+            "Invalid timestamp {ts}: {} s ahead of the server's clock (at most {TIMESTAMP_MAX_AHEAD_SECS} s){hint}",
             ts - now
         ));
     }
-    if ts.saturating_add(OLDEST_SECS) < now {
+    if ts.saturating_add(TIMESTAMP_MAX_AGE_SECS) < now {
         return Err(format!(
-            "Invalid timestamp {ts}: {} s old (at most {OLDEST_SECS} s); sign every request, retries included, with the current time",
+            "Invalid timestamp {ts}: {} s old (at most {TIMESTAMP_MAX_AGE_SECS} s); sign every request, retries included, with the current time",
             now - ts
         ));
     }
