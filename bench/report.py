@@ -63,7 +63,7 @@ def ms(seconds):
 
 results = {}
 for variant in ORDER:
-    runs = [load(p) for p in sorted(glob.glob(os.path.join(out, f"r*-{variant}.json")))]
+    runs = [load(p) for p in sorted(glob.glob(os.path.join(out, f"r[0-9]*-{variant}.json")))]
     if runs:
         results[variant] = stats(runs)
 

@@ -200,12 +200,19 @@ pub struct Profile {
     pub token: TokenSource,
     /// The marketplace's offline stand-in, holding this profile's credentials to verify with.
     pub stand_in: Arc<dyn StandIn>,
+    /// `kind.name`, made once: every request's log line and metrics name the profile.
+    label: Arc<str>,
 }
 
 impl Profile {
     /// `tiktok.default`: how messages and logs name the profile.
     pub fn qualified_name(&self) -> String {
-        format!("{}.{}", self.kind, self.name)
+        self.label.to_string()
+    }
+
+    /// [`Profile::qualified_name`], shared rather than copied.
+    pub fn label(&self) -> &Arc<str> {
+        &self.label
     }
 
     pub fn serves(&self, host: &str) -> bool {
@@ -972,6 +979,7 @@ impl Ctx<'_> {
         }
         Ok(Profile {
             hosts: self.patterns(&hosts_key, &parts.hosts)?,
+            label: format!("{id}.{name}").into(),
             name,
             kind: id,
             signer: parts.signer,

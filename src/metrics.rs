@@ -74,8 +74,41 @@ pub struct OutcomeLabels {
     pub outcome: Outcome,
 }
 
+/// How many series of each per-request metric a thread keeps handles to; past that (labels are
+/// bounded, so rarely) the family is looked up each time.
+const HOT_SERIES: usize = 64;
+
+std::thread_local! {
+    static HOT: std::cell::RefCell<HotSeries> = std::cell::RefCell::new(HotSeries::default());
+}
+
+/// This thread's handles to the series every request touches. Looking a series up in its family
+/// hashes owned label strings under a lock shared by all threads; a handle is one atomic add
+/// away. Handles share their series with the family, so `/metrics` sees every count.
+#[derive(Default)]
+struct HotSeries {
+    /// The [`Metrics`] these handles belong to (a process holds one; tests build many).
+    owner: u64,
+    requests: Vec<(RequestLabels, Counter)>,
+    latency: Vec<(String, Histogram)>,
+}
+
+impl HotSeries {
+    fn for_owner(&mut self, owner: u64) -> &mut HotSeries {
+        if self.owner != owner {
+            *self = HotSeries {
+                owner,
+                ..HotSeries::default()
+            };
+        }
+        self
+    }
+}
+
 /// Every metric signproxy exports.
 pub struct Metrics {
+    /// Unique per instance (from 1), for [`HotSeries`].
+    id: u64,
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     upstream_seconds: Family<ProfileLabels, Histogram>,
@@ -194,7 +227,9 @@ impl Metrics {
             "CONNECT tunnels open now (intercepted or passthrough)",
             open_tunnels.clone(),
         );
+        static INSTANCES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         Metrics {
+            id: INSTANCES.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             registry,
             requests,
             upstream_seconds,
@@ -214,21 +249,46 @@ impl Metrics {
     }
 
     pub fn request(&self, profile: &str, host: &str, status: u16) {
-        self.requests
-            .get_or_create(&RequestLabels {
+        HOT.with(|hot| {
+            let mut hot = hot.borrow_mut();
+            let hot = hot.for_owner(self.id);
+            let found = hot.requests.iter().find(|(labels, _)| {
+                labels.status == status && labels.profile == profile && labels.host == host
+            });
+            if let Some((_, counter)) = found {
+                counter.inc();
+                return;
+            }
+            let labels = RequestLabels {
                 profile: profile.to_owned(),
                 host: host.to_owned(),
                 status,
-            })
-            .inc();
+            };
+            let counter = self.requests.get_or_create(&labels).clone();
+            counter.inc();
+            if hot.requests.len() < HOT_SERIES {
+                hot.requests.push((labels, counter));
+            }
+        });
     }
 
     pub fn upstream_latency(&self, profile: &str, seconds: f64) {
-        self.upstream_seconds
-            .get_or_create(&ProfileLabels {
+        HOT.with(|hot| {
+            let mut hot = hot.borrow_mut();
+            let hot = hot.for_owner(self.id);
+            if let Some((_, histogram)) = hot.latency.iter().find(|(p, _)| p == profile) {
+                histogram.observe(seconds);
+                return;
+            }
+            let labels = ProfileLabels {
                 profile: profile.to_owned(),
-            })
-            .observe(seconds);
+            };
+            let histogram = self.upstream_seconds.get_or_create(&labels).clone();
+            histogram.observe(seconds);
+            if hot.latency.len() < HOT_SERIES {
+                hot.latency.push((labels.profile, histogram));
+            }
+        });
     }
 
     pub fn signing_failure(&self, reason: &'static str) {
@@ -301,6 +361,36 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_instance_counts_its_own_requests_on_a_shared_thread() {
+        let series = "signproxy_requests_total{profile=\"p\",host=\"h\",status=\"200\"}";
+        let (a, b) = (Metrics::new(), Metrics::new());
+        a.request("p", "h", 200);
+        b.request("p", "h", 200);
+        a.request("p", "h", 200);
+        a.upstream_latency("p", 0.01);
+        b.upstream_latency("p", 0.01);
+        b.upstream_latency("p", 0.01);
+        assert!(
+            a.encode().contains(&format!("{series} 2")),
+            "{}",
+            a.encode()
+        );
+        assert!(
+            b.encode().contains(&format!("{series} 1")),
+            "{}",
+            b.encode()
+        );
+        let latency = "signproxy_upstream_duration_seconds_count{profile=\"p\"}";
+        assert!(a.encode().contains(&format!("{latency} 1")));
+        assert!(b.encode().contains(&format!("{latency} 2")));
+        // A series past the first stays counted from another thread too.
+        std::thread::scope(|s| {
+            s.spawn(|| a.request("p", "h", 200));
+        });
+        assert!(a.encode().contains(&format!("{series} 3")));
+    }
 
     #[test]
     fn counts_show_up_in_the_exposition() {

@@ -26,24 +26,36 @@ const HOP_BY_HOP: [HeaderName; 9] = [
 /// `Proxy-*` header (those are for signproxy: credentials, tunnels; never for the upstream).
 /// Most heads carry none of them: one pass over the names finds that without allocating.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let mut doomed: Vec<HeaderName> = headers
-        .keys()
-        .filter(|name| HOP_BY_HOP.contains(name) || name.as_str().starts_with("proxy-"))
-        .cloned()
-        .collect();
-    if doomed.is_empty() {
+    let (mut hop_by_hop, mut proxy_named) = (false, false);
+    for name in headers.keys() {
+        proxy_named |= name.as_str().starts_with("proxy-");
+        hop_by_hop |= HOP_BY_HOP.contains(name);
+    }
+    if !hop_by_hop && !proxy_named {
         return;
     }
-    doomed.extend(
-        headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok()),
-    );
-    for name in doomed {
+    // The names `Connection` lists go too; their values are cheap clones (shared bytes), and
+    // removing by `&str` parses no name.
+    let mut connection = headers.get_all(header::CONNECTION).iter();
+    let first = connection.next().cloned();
+    let more: Vec<HeaderValue> = connection.cloned().collect();
+    for name in &HOP_BY_HOP {
         headers.remove(name);
+    }
+    for listed in first.iter().chain(&more).filter_map(|v| v.to_str().ok()) {
+        for name in listed.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            headers.remove(name);
+        }
+    }
+    if proxy_named {
+        let doomed: Vec<HeaderName> = headers
+            .keys()
+            .filter(|name| name.as_str().starts_with("proxy-"))
+            .cloned()
+            .collect();
+        for name in doomed {
+            headers.remove(name);
+        }
     }
 }
 

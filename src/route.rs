@@ -117,11 +117,16 @@ pub fn route(
             host: host.to_owned(),
         });
     }
-    let serving: Vec<&Arc<Profile>> = config.profiles.iter().filter(|p| p.serves(host)).collect();
-    if serving.is_empty() {
+    let mut serves = config.profiles.iter().filter(|p| p.serves(host));
+    let Some(first) = serves.next() else {
         return passthrough(config, dest);
-    }
+    };
     check_marketplace_port(config, dest)?;
+    // The usual case, decided without collecting: one profile for the host, nobody choosing.
+    if requested.is_none() && client.is_none() && serves.next().is_none() {
+        return Ok(Route::Sign(Arc::clone(first)));
+    }
+    let serving: Vec<&Arc<Profile>> = config.profiles.iter().filter(|p| p.serves(host)).collect();
     let names = |list: &[&Arc<Profile>]| {
         let names: Vec<String> = list.iter().map(|p| p.qualified_name()).collect();
         if names.is_empty() {

@@ -303,8 +303,59 @@ pub struct Dialer {
     guard: Option<Arc<EgressPolicy>>,
 }
 
+/// A dialled TCP connection for the TLS connector. hyper-util's own wrapper reports the peer
+/// addresses, which its client then copies into every response's extensions (two allocations
+/// per request) for nobody to read.
+pub struct Dialled(TokioIo<TcpStream>);
+
+impl hyper_util::client::legacy::connect::Connection for Dialled {
+    fn connected(&self) -> hyper_util::client::legacy::connect::Connected {
+        hyper_util::client::legacy::connect::Connected::new()
+    }
+}
+
+impl hyper::rt::Read for Dialled {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for Dialled {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
 impl tower_service::Service<Uri> for Dialer {
-    type Response = TokioIo<TcpStream>;
+    type Response = Dialled;
     type Error = io::Error;
     type Future = Pin<Box<dyn Future<Output = io::Result<Self::Response>> + Send>>;
 
@@ -328,7 +379,7 @@ impl tower_service::Service<Uri> for Dialer {
                 Some(policy) => dial_guarded(&policy, &connect_to, &host, port, timeout).await?,
                 None => dial(&connect_to, &host, port, timeout).await?,
             };
-            Ok(TokioIo::new(stream))
+            Ok(Dialled(TokioIo::new(stream)))
         })
     }
 }

@@ -2335,8 +2335,11 @@ async fn several_workers_share_the_port_and_the_connection_limit() {
         received.iter().all(|r| r.signature.ok),
         "every worker signs"
     );
-    // 40 idle connections, spread over the workers, take every slot: the next is refused
-    // whichever worker accepts it.
+    // The clients above are gone; once their connections have closed, 40 idle connections,
+    // spread over the workers, take every slot: the next is refused whichever worker accepts
+    // it. (Without the wait, a slot freed late by an old connection races the new ones.)
+    bin.wait_for_metric("signproxy_open_connections", |v| v == 0.0)
+        .await;
     let mut held = Vec::new();
     for _ in 0..40 {
         held.push(TcpStream::connect(bin.proxy).await.unwrap());

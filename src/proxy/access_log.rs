@@ -9,7 +9,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{HeaderValue, Method, Response};
+use http::{HeaderName, HeaderValue, Method, Response};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, SizeHint};
 
@@ -19,16 +19,17 @@ use crate::metrics::Metrics;
 use crate::route::RouteError;
 
 /// The response header that carries the request id back to the client.
-pub const REQUEST_ID_HEADER: &str = "x-signproxy-request-id";
+pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-signproxy-request-id");
 
 /// What the canonical line says about a request; filled in as the request is understood.
 #[derive(Debug)]
 pub struct RequestLog {
-    pub id: String,
+    pub id: RequestId,
     pub method: Method,
     pub host: String,
-    pub path: String,
-    pub profile: Option<String>,
+    /// The request target; only its path is logged. A shared handle on the parsed request line.
+    pub uri: http::Uri,
+    pub profile: Option<Arc<str>>,
     /// The host was routed (to a profile or passthrough), so it is a bounded metrics label.
     pub routed: bool,
     pub upstream_status: Option<u16>,
@@ -40,12 +41,12 @@ pub struct RequestLog {
 }
 
 impl RequestLog {
-    pub fn new(method: Method, host: String, path: String) -> RequestLog {
+    pub fn new(method: Method, host: String, uri: http::Uri) -> RequestLog {
         RequestLog {
             id: next_request_id(),
             method,
             host,
-            path,
+            uri,
             profile: None,
             routed: false,
             upstream_status: None,
@@ -57,19 +58,45 @@ impl RequestLog {
 }
 
 /// Ids are unique per process and sortable by arrival: a per-process random prefix (so two
-/// instances' logs do not collide) and a counter.
-fn next_request_id() -> String {
+/// instances' logs do not collide) and a counter. Shown as `{prefix:08x}-{counter:06x}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestId {
+    prefix: u32,
+    counter: u64,
+}
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:08x}-{:06x}", self.prefix, self.counter)
+    }
+}
+
+impl RequestId {
+    /// The id as a header value, formatted on the stack (one per response).
+    fn header_value(self) -> Option<HeaderValue> {
+        use std::io::Write;
+        let mut buf = [0u8; 32];
+        let mut cursor = std::io::Cursor::new(&mut buf[..]);
+        write!(cursor, "{self}").ok()?;
+        let len = usize::try_from(cursor.position()).ok()?;
+        HeaderValue::from_bytes(&buf[..len]).ok()
+    }
+}
+
+fn next_request_id() -> RequestId {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     static PREFIX: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
-    let prefix = PREFIX.get_or_init(|| {
+    let prefix = *PREFIX.get_or_init(|| {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos())
             .unwrap_or(0);
         nanos ^ std::process::id().rotate_left(16)
     });
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    format!("{prefix:08x}-{n:06x}")
+    RequestId {
+        prefix,
+        counter: COUNTER.fetch_add(1, Ordering::Relaxed),
+    }
 }
 
 /// Turns a handler's outcome into the response; the log line and the request metrics follow
@@ -105,7 +132,7 @@ pub fn finish(
         }
     };
     let (mut parts, body) = response.into_parts();
-    if let Ok(id) = HeaderValue::from_str(&log.id) {
+    if let Some(id) = log.id.header_value() {
         parts.headers.insert(REQUEST_ID_HEADER, id);
     }
     let body = LoggedBody {
@@ -138,7 +165,7 @@ impl Pending {
             request_id = %log.id,
             method = %log.method,
             host = %log.host,
-            path = %log.path,
+            path = log.uri.path(),
             profile,
             status = self.status,
             upstream_status = log.upstream_status.map(i64::from).unwrap_or(-1),
@@ -216,8 +243,10 @@ mod tests {
 
     #[test]
     fn request_ids_are_unique_and_share_the_process_prefix() {
-        let a = next_request_id();
-        let b = next_request_id();
+        let id = next_request_id();
+        assert_eq!(id.header_value().unwrap().to_str().unwrap(), id.to_string());
+        let a = next_request_id().to_string();
+        let b = next_request_id().to_string();
         assert_ne!(a, b);
         assert_eq!(a.split('-').next(), b.split('-').next());
         assert_eq!(a.len(), 15, "{a}");

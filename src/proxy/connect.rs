@@ -61,7 +61,7 @@ pub async fn handle(
         }
         Ok(Route::Sign(profile)) => {
             log.routed = true;
-            log.profile = Some(profile.qualified_name());
+            log.profile = Some(Arc::clone(profile.label()));
             intercept(proxy, state, conn, req, target, connect_profile, client)
         }
         // Several profiles serve the host and the CONNECT names none: each request inside the
@@ -254,11 +254,8 @@ impl Inner {
                 }
             }
             async move {
-                let mut log = RequestLog::new(
-                    req.method().clone(),
-                    target.host.clone(),
-                    req.uri().path().to_owned(),
-                );
+                let mut log =
+                    RequestLog::new(req.method().clone(), target.host.clone(), req.uri().clone());
                 // The tunnel's client is checked again against the live config: a reload that
                 // removes it or narrows its profiles applies to tunnels already open.
                 let admitted = check_head(&req, state.config.proxy.max_header_bytes)

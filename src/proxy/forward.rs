@@ -11,6 +11,7 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, Uri, Version};
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
@@ -105,7 +106,7 @@ pub async fn forward(
     match route(&state.config, dest, requested.as_deref(), client)? {
         Route::Sign(profile) => {
             log.routed = true;
-            log.profile = Some(profile.qualified_name());
+            log.profile = Some(Arc::clone(profile.label()));
             forward_signed(state, req, &target, &profile, log).await
         }
         Route::Passthrough => {
@@ -257,7 +258,7 @@ async fn sign_and_send(
         state.metrics.signing_failure(e.code());
         e
     })?;
-    let uri = upstream_uri("https", &head.authority, &head.path_and_query)?;
+    let uri = upstream_uri(true, &head.authority, head.path_and_query)?;
     let mut upstream_req = Request::new(
         Full::new(body.clone())
             .map_err(|never| -> BoxError { match never {} })
@@ -418,7 +419,6 @@ async fn forward_unchanged(
         .path_and_query()
         .map(|pq| pq.as_str())
         .unwrap_or("/");
-    let scheme = if target.https { "https" } else { "http" };
     let bytes_in = Arc::clone(&log.bytes_in);
     let counted = body.map_frame(move |frame| {
         if let Some(data) = frame.data_ref() {
@@ -429,15 +429,22 @@ async fn forward_unchanged(
     let mut upstream_req: Request<UpstreamBody> =
         Request::new(counted.map_err(|e| -> BoxError { Box::new(e) }).boxed());
     *upstream_req.method_mut() = parts.method;
-    *upstream_req.uri_mut() = upstream_uri(scheme, &authority, path_and_query)?;
+    *upstream_req.uri_mut() = upstream_uri(target.https, &authority, path_and_query.to_owned())?;
     *upstream_req.headers_mut() = parts.headers;
     send(state, Egress::Guarded, upstream_req, &authority, log).await
 }
 
-fn upstream_uri(scheme: &str, authority: &str, path_and_query: &str) -> Result<Uri, ProxyError> {
-    format!("{scheme}://{authority}{path_and_query}")
-        .parse()
-        .map_err(|e| ProxyError::BadRequest(format!("cannot form the upstream URL: {e}")))
+/// The upstream URL from its parts; the path is taken as it is, without a copy.
+fn upstream_uri(https: bool, authority: &str, path_and_query: String) -> Result<Uri, ProxyError> {
+    let bad = |e: &dyn std::fmt::Display| {
+        ProxyError::BadRequest(format!("cannot form the upstream URL: {e}"))
+    };
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(if https { Scheme::HTTPS } else { Scheme::HTTP });
+    parts.authority = Some(Authority::try_from(authority).map_err(|e| bad(&e))?);
+    parts.path_and_query =
+        Some(PathAndQuery::from_maybe_shared(Bytes::from(path_and_query)).map_err(|e| bad(&e))?);
+    Uri::from_parts(parts).map_err(|e| bad(&e))
 }
 
 /// Buffers the whole body (hyper has already removed any chunked framing), refusing more than
@@ -585,6 +592,7 @@ async fn send(
     log: &mut RequestLog,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let mut req = req;
+    let authority = || authority.to_owned();
     *req.version_mut() = Version::HTTP_11;
     let sent = Instant::now();
     let response = match egress {
@@ -602,15 +610,15 @@ async fn send(
     }
     let response = response.map_err(|e| match e {
         UpstreamError::Timeout(after) => ProxyError::UpstreamTimeout {
-            authority: authority.to_owned(),
+            authority: authority(),
             timeout_ms: after.as_millis(),
         },
         UpstreamError::Connect { reason } => ProxyError::UpstreamConnect {
-            authority: authority.to_owned(),
+            authority: authority(),
             reason,
         },
         UpstreamError::TlsSetup(reason) => ProxyError::UpstreamConnect {
-            authority: authority.to_owned(),
+            authority: authority(),
             reason,
         },
         UpstreamError::Denied(denied) => ProxyError::DestinationNotAllowed(denied),

@@ -464,11 +464,7 @@ async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let state = proxy.state();
-    let mut log = RequestLog::new(
-        req.method().clone(),
-        String::new(),
-        req.uri().path().to_owned(),
-    );
+    let mut log = RequestLog::new(req.method().clone(), String::new(), req.uri().clone());
     let is_connect = req.method() == Method::CONNECT;
     let admitted = admission::check_head(&req, state.config.proxy.max_header_bytes)
         .and_then(|()| admission::authenticate(state.config.proxy.auth.as_ref(), req.headers()));

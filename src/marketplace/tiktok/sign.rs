@@ -1,6 +1,7 @@
 //! TikTok Shop request signing (API 202309+): HMAC-SHA256 over path, sorted decoded query and the
 //! exact body bytes, wrapped in the app secret. Pure.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 
 use hmac::{Hmac, Mac};
@@ -80,36 +81,38 @@ impl Sign for TiktokCredentials {
 
 /// Signs as of `input.now`; `access_token` is sent as `x-tts-access-token` when the request has
 /// no such header. The string to sign is built once; the explanation only when `explain`.
+/// Parameters are borrowed from the request line wherever they need no decoding: this runs for
+/// every request.
 fn sign(
     input: SignInput<'_>,
     creds: &TiktokCredentials,
     explain: bool,
 ) -> Result<(RequestHead, Option<String>), SignError> {
     let SignInput {
-        head,
+        head: original,
         body,
         access_token,
         now,
     } = input;
-    let mut head = head.clone();
-    let now = now.secs();
     // HTTP/1.1 sends an empty path as `/`, and that is what the marketplace verifies.
-    let path = match head.path() {
-        "" => "/".to_owned(),
-        path => path.to_owned(),
+    let path = match original.path() {
+        "" => "/",
+        path => path,
     };
-    let raw_query = head.query().unwrap_or("").to_owned();
+    let raw_query = original.query().unwrap_or("");
 
-    // Keep the client's own parameters byte for byte (minus the ones we own) so that
-    // what we sign is what the server will decode.
-    let mut kept_raw: Vec<&str> = Vec::new();
-    let mut params: Vec<(String, String)> = Vec::new();
+    // The client's own parameters go on byte for byte (minus the ones we own), so that what we
+    // sign is what the server will decode.
+    let mut path_and_query = String::with_capacity(path.len() + raw_query.len() + 160);
+    path_and_query.push_str(path);
+    path_and_query.push('?');
+    let mut params: Vec<(Cow<'_, str>, Cow<'_, str>)> = Vec::with_capacity(8);
     // A scan of `params` for the usual handful of keys; past that a set: a scan made one request
     // line of ~50k distinct keys (well within hyper's head limit) cost minutes of CPU.
-    let mut seen: Option<HashSet<String>> = None;
+    let mut seen: Option<HashSet<Cow<'_, str>>> = None;
     for pair in raw_query.split('&').filter(|p| !p.is_empty()) {
         let (key, value) = decode_pair(pair)?;
-        if OWNED_PARAMS.contains(&key.as_str()) {
+        if OWNED_PARAMS.contains(&key.as_ref()) {
             continue;
         }
         if seen.is_none() && params.len() >= SCAN_LIMIT {
@@ -127,40 +130,51 @@ fn sign(
                  documents, usually with commas)"
             )));
         }
-        kept_raw.push(pair);
+        path_and_query.push_str(pair);
+        path_and_query.push('&');
         params.push((key, value));
     }
 
-    let mut added: Vec<(&str, String)> = vec![("app_key", creds.app_key.clone())];
+    let mut timestamp = [0u8; 20];
+    let timestamp = decimal(now.secs(), &mut timestamp);
+    let mut added: [Option<(&str, &str)>; 3] = [Some(("app_key", &creds.app_key)), None, None];
     if let Some(cipher) = &creds.shop_cipher {
         if !params.iter().any(|(k, _)| k == "shop_cipher") {
-            added.push(("shop_cipher", cipher.clone()));
+            added[1] = Some(("shop_cipher", cipher));
         }
     }
-    added.push(("timestamp", now.to_string()));
-    for (k, v) in &added {
-        params.push(((*k).to_owned(), v.clone()));
-    }
+    added[2] = Some(("timestamp", timestamp));
+    let added = added.into_iter().flatten();
+    params.extend(
+        added
+            .clone()
+            .map(|(k, v)| (Cow::Borrowed(k), Cow::Borrowed(v))),
+    );
 
-    let include_body = media_type(&head.headers).as_deref() != Some("multipart/form-data");
-    let string_to_sign = string_to_sign(&path, &params, if include_body { body } else { &[] });
-    let sign = hmac_hex(creds.app_secret.expose(), &string_to_sign);
-
-    let mut query = kept_raw.join("&");
-    for (k, v) in added
+    let include_body = !is_multipart(&original.headers);
+    // Sorted in place (keys are unique by now), so the string to sign needs no sorted copy.
+    params.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+    let signed_params = params
         .iter()
-        .map(|(k, v)| (*k, v.as_str()))
-        .chain([("sign", sign.as_str())])
-    {
-        if !query.is_empty() {
-            query.push('&');
-        }
-        query.push_str(k);
-        query.push('=');
-        query.extend(form_urlencoded::byte_serialize(v.as_bytes()));
-    }
-    head.path_and_query = format!("{path}?{query}");
+        .filter(|(k, _)| !UNSIGNED_PARAMS.contains(&k.as_ref()));
+    let string_to_sign = concat(path, signed_params, if include_body { body } else { &[] });
+    let mut sign = [0u8; 64];
+    let sign = hmac_hex_into(creds.app_secret.expose(), &string_to_sign, &mut sign);
 
+    for (k, v) in added.chain([("sign", sign)]) {
+        path_and_query.push_str(k);
+        path_and_query.push('=');
+        path_and_query.extend(form_urlencoded::byte_serialize(v.as_bytes()));
+        path_and_query.push('&');
+    }
+    path_and_query.pop();
+
+    let mut head = RequestHead {
+        method: original.method.clone(),
+        authority: original.authority.clone(),
+        path_and_query,
+        headers: original.headers.clone(),
+    };
     if let Some(token) = access_token {
         if !head.headers.contains_key(ACCESS_TOKEN_HEADER) {
             let value = HeaderValue::from_str(token.expose()).map_err(|_| {
@@ -180,24 +194,37 @@ fn sign(
     Ok((head, explanation))
 }
 
+/// `n` in decimal, written into `buf` (20 digits hold any u64).
+fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &str {
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    std::str::from_utf8(&buf[at..]).unwrap_or_default()
+}
+
+/// Multipart bodies are left out of the signature (spec step 3).
+pub(super) fn is_multipart(headers: &http::HeaderMap) -> bool {
+    media_type(headers).is_some_and(|m| m == "multipart/form-data")
+}
+
 /// Decodes one `key=value` pair the way the server does: `%XX` decoded, `+` is a space. A pair
 /// that does not decode to UTF-8 is refused: how TikTok treats it is undocumented, and signing a
 /// replacement character would be signing something other than what is sent.
-fn decode_pair(pair: &str) -> Result<(String, String), SignError> {
+fn decode_pair(pair: &str) -> Result<(Cow<'_, str>, Cow<'_, str>), SignError> {
     let (raw_key, raw_value) = pair.split_once('=').unwrap_or((pair, ""));
-    let decode = |raw: &str| {
-        let spaced = raw.replace('+', " ");
-        percent_encoding::percent_decode_str(&spaced)
-            .decode_utf8()
-            .map(std::borrow::Cow::into_owned)
-    };
-    let key = decode(raw_key).map_err(|_| {
+    let key = decode_component(raw_key).map_err(|_| {
         SignError::BadRequest(format!(
             "query parameter `{raw_key}` does not percent-decode to UTF-8: TikTok Shop signs \
              decoded text, so encode the name as UTF-8 (e.g. `%C3%A9` for é)"
         ))
     })?;
-    let value = decode(raw_value).map_err(|_| {
+    let value = decode_component(raw_value).map_err(|_| {
         SignError::BadRequest(format!(
             "the value of query parameter `{key}` does not percent-decode to UTF-8: TikTok Shop \
              signs decoded text, so encode it as UTF-8 (e.g. `%C3%A9` for é)"
@@ -206,34 +233,50 @@ fn decode_pair(pair: &str) -> Result<(String, String), SignError> {
     Ok((key, value))
 }
 
-fn sorted_params(params: &[(String, String)]) -> Vec<&(String, String)> {
-    let mut sorted: Vec<&(String, String)> = params
+/// `+` as a space, then `%XX` decoded; borrowed when there is nothing to decode.
+fn decode_component(raw: &str) -> Result<Cow<'_, str>, std::str::Utf8Error> {
+    if raw.contains('+') {
+        let spaced = raw.replace('+', " ");
+        percent_encoding::percent_decode_str(&spaced)
+            .decode_utf8()
+            .map(|decoded| Cow::Owned(decoded.into_owned()))
+    } else {
+        percent_encoding::percent_decode_str(raw).decode_utf8()
+    }
+}
+
+fn sorted_params<K: AsRef<str>, V: AsRef<str>>(params: &[(K, V)]) -> Vec<&(K, V)> {
+    let mut sorted: Vec<&(K, V)> = params
         .iter()
-        .filter(|(k, _)| !UNSIGNED_PARAMS.contains(&k.as_str()))
+        .filter(|(k, _)| !UNSIGNED_PARAMS.contains(&k.as_ref()))
         .collect();
     // Byte-wise, as the spec demands: `str` ordering is byte ordering, not locale collation.
-    sorted.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+    sorted.sort_by(|a, b| a.0.as_ref().as_bytes().cmp(b.0.as_ref().as_bytes()));
     sorted
 }
 
 /// The string inside the secret wrapping: path, then `{key}{value}` sorted, then the body.
-pub fn string_to_sign(path: &str, params: &[(String, String)], body: &[u8]) -> Vec<u8> {
+pub fn string_to_sign<K: AsRef<str>, V: AsRef<str>>(
+    path: &str,
+    params: &[(K, V)],
+    body: &[u8],
+) -> Vec<u8> {
     concat(path, sorted_params(params), body)
 }
 
 /// Path, then `{key}{value}` in the order given, then the body: the string inside the wrapping.
 /// The doctor also builds the wrong orders and filters through it.
-pub(super) fn concat<'a>(
+pub(super) fn concat<'a, K: AsRef<str> + 'a, V: AsRef<str> + 'a>(
     path: &str,
-    params: impl IntoIterator<Item = &'a (String, String)>,
+    params: impl IntoIterator<Item = &'a (K, V)>,
     body: &[u8],
 ) -> Vec<u8> {
     let params = params.into_iter();
     let mut s = Vec::with_capacity(path.len() + body.len() + 64 * params.size_hint().0);
     s.extend_from_slice(path.as_bytes());
     for (k, v) in params {
-        s.extend_from_slice(k.as_bytes());
-        s.extend_from_slice(v.as_bytes());
+        s.extend_from_slice(k.as_ref().as_bytes());
+        s.extend_from_slice(v.as_ref().as_bytes());
     }
     s.extend_from_slice(body);
     s
@@ -241,6 +284,12 @@ pub(super) fn concat<'a>(
 
 /// Lowercase hex HMAC-SHA256 of `secret + string + secret`, keyed with `secret`.
 pub fn hmac_hex(secret: &str, string_to_sign: &[u8]) -> String {
+    let mut out = [0u8; 64];
+    hmac_hex_into(secret, string_to_sign, &mut out).to_owned()
+}
+
+/// [`hmac_hex`] written into `out`, without allocating.
+fn hmac_hex_into<'o>(secret: &str, string_to_sign: &[u8], out: &'o mut [u8; 64]) -> &'o str {
     // HMAC accepts keys of any length, so new_from_slice cannot fail here.
     let mut mac = match Hmac::<Sha256>::new_from_slice(secret.as_bytes()) {
         Ok(mac) => mac,
@@ -249,13 +298,16 @@ pub fn hmac_hex(secret: &str, string_to_sign: &[u8]) -> String {
     mac.update(secret.as_bytes());
     mac.update(string_to_sign);
     mac.update(secret.as_bytes());
-    hex::encode(mac.finalize().into_bytes())
+    match hex::encode_to_slice(mac.finalize().into_bytes(), out) {
+        Ok(()) => std::str::from_utf8(out).unwrap_or_default(),
+        Err(_) => unreachable!("a SHA-256 MAC is 32 bytes, 64 in hex"),
+    }
 }
 
 /// `inner` is the string to sign as built for the signature (with the body when signed).
-fn explanation(
+fn explanation<K: AsRef<str>, V: AsRef<str>>(
     inner: &[u8],
-    params: &[(String, String)],
+    params: &[(K, V)],
     body_len: usize,
     include_body: bool,
 ) -> String {
@@ -265,7 +317,7 @@ fn explanation(
     out.push_str("<app_secret>\n");
     let keys: Vec<&str> = sorted_params(params)
         .iter()
-        .map(|(k, _)| k.as_str())
+        .map(|(k, _)| k.as_ref())
         .collect();
     out.push_str(&format!(
         "signed params (byte-wise sorted, decoded): {}\n",
