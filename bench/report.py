@@ -123,7 +123,7 @@ except OSError:
     pass
 
 extra_errors = 0
-for name in ["big-post", "warmup", "million"] + [os.path.basename(p)[:-5] for p in glob.glob(os.path.join(out, "conns-*.json"))]:
+for name in ["big-post", "warmup"] + ["million"] + [os.path.basename(p)[:-5] for p in glob.glob(os.path.join(out, "conns-*.json"))]:
     path = os.path.join(out, f"{name}.json")
     if os.path.exists(path):
         extra_errors += errors(load(path))
@@ -151,7 +151,8 @@ if extras or os.path.exists(os.path.join(out, "big-post.json")):
         growth = (after - before) / before * 100
         n = int(extras.get("million_requests", "0"))
         checks.append("met" if growth < 5 else "MISSED")
-        print(f"| RSS over {n:,} requests | {before / 1024:.1f} -> {after / 1024:.1f} MiB ({growth:+.2f}%; target < 5%: {'met' if growth < 5 else 'MISSED'}) |")
+        steps = " -> ".join(f"{int(k) / 1024:.1f}" for k in extras.get("rss_steps_kib", "").split())
+        print(f"| RSS over {n:,} requests | {before / 1024:.1f} -> {after / 1024:.1f} MiB ({growth:+.2f}%; target < 5%: {'met' if growth < 5 else 'MISSED'}); sampled at each quarter of the run: {steps} MiB |")
     if "start_to_listen_ms" in extras:
         print(f"| start to listening (median of 5) | {extras['start_to_listen_ms']} ms |")
 
