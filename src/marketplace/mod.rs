@@ -7,6 +7,7 @@
 //! [`MARKETPLACES`].
 
 pub mod ebay;
+pub mod shopee;
 pub mod stand_in;
 pub mod tiktok;
 
@@ -22,7 +23,7 @@ use crate::signing::{RequestHead, SignError};
 pub use stand_in::{SandboxAnswer, SandboxContext, SandboxRequest};
 
 /// Every marketplace signproxy knows, by config table name.
-pub static MARKETPLACES: &[&dyn Marketplace] = &[&tiktok::TIKTOK, &ebay::EBAY];
+pub static MARKETPLACES: &[&dyn Marketplace] = &[&tiktok::TIKTOK, &ebay::EBAY, &shopee::SHOPEE];
 
 /// The marketplace whose config table is `id` (`tiktok`, `ebay`, ...).
 pub fn by_id(id: &str) -> Option<&'static dyn Marketplace> {
