@@ -532,3 +532,64 @@ async fn a_lost_refresh_answer_keeps_the_previous_pair_in_the_store() {
         Some("at-2")
     );
 }
+
+/// The verifier the upstream uses must itself refuse what Shopee refuses, or every test above
+/// would pass whatever the proxy signed.
+#[test]
+fn the_independent_verifier_refuses_each_mistake() {
+    use common::verify_shopee::verify_shopee;
+    let ts = 1655714431;
+    let path = "/api/v2/shop/get_shop_info";
+    let right = shopee_sign_hex(
+        PARTNER_KEY,
+        &format!("{PARTNER_ID}{path}{ts}{STATIC_TOKEN}{SHOP_ID}"),
+    );
+    let request = |ts: &str, sign: &str, extra: &str| {
+        Received::new(
+            "GET",
+            &format!("{path}?partner_id={PARTNER_ID}&timestamp={ts}&access_token={STATIC_TOKEN}&shop_id={SHOP_ID}{extra}&sign={sign}"),
+            &[],
+            b"",
+        )
+    };
+    let ok = |r: &Received| verify_shopee(r, PARTNER_ID, PARTNER_KEY);
+    assert_eq!(ok(&request(&ts.to_string(), &right, "")), Ok(()));
+    // Other params are not signed.
+    assert_eq!(
+        ok(&request(&ts.to_string(), &right, "&page_size=5")),
+        Ok(())
+    );
+    assert!(ok(&request(&ts.to_string(), &right.to_uppercase(), "")).is_err());
+    assert!(ok(&request(&ts.to_string(), &right[1..], "")).is_err());
+    assert!(ok(&request(&(ts + 1).to_string(), &right, "")).is_err());
+    let ms = format!("{ts}000");
+    let ms_sign = shopee_sign_hex(
+        PARTNER_KEY,
+        &format!("{PARTNER_ID}{path}{ms}{STATIC_TOKEN}{SHOP_ID}"),
+    );
+    assert!(ok(&request(&ms, &ms_sign, "")).is_err());
+    let decoded_key = hex::decode(PARTNER_KEY.trim_start_matches("shpk")).unwrap();
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &decoded_key);
+    let decoded_sign = hex::encode(
+        ring::hmac::sign(
+            &key,
+            format!("{PARTNER_ID}{path}{ts}{STATIC_TOKEN}{SHOP_ID}").as_bytes(),
+        )
+        .as_ref(),
+    );
+    assert!(ok(&request(&ts.to_string(), &decoded_sign, "")).is_err());
+    // A Public API with the token in its base.
+    let public = Received::new(
+        "GET",
+        &format!(
+            "/api/v2/public/get_shops_by_partner?partner_id={PARTNER_ID}&timestamp={ts}&sign={}",
+            shopee_sign_hex(
+                PARTNER_KEY,
+                &format!("{PARTNER_ID}/api/v2/public/get_shops_by_partner{ts}{STATIC_TOKEN}")
+            )
+        ),
+        &[],
+        b"",
+    );
+    assert!(ok(&public).is_err());
+}
