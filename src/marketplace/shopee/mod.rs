@@ -100,12 +100,12 @@ impl Marketplace for Shopee {
             .unwrap_or_else(|| self.default_hosts().iter().map(|h| h.to_string()).collect());
         for host in &hosts {
             if LEGACY_SANDBOX_HOSTS.contains(&host.to_ascii_lowercase().as_str()) {
-                tracing::warn!(
-                    profile = %cx.name,
-                    host = %host,
-                    "this is an old Shopee sandbox host: it accepts the partner_id but answers error_sign (\"Wrong sign.\") to every signature; use {} instead",
+                // Through the config's warnings: `check` prints them and `run` logs them once
+                // logging is up (a tracing event here would precede it).
+                cx.warn(format!(
+                    "hosts lists `{host}`, an old Shopee sandbox host: it accepts the partner_id but answers error_sign (\"Wrong sign.\") to every signature; use {} instead",
                     SANDBOX_HOSTS[0]
-                );
+                ));
             }
         }
         let token_host = token_host(&hosts);
@@ -220,6 +220,41 @@ mod tests {
             .err()
             .unwrap();
         assert!(e.message.contains("app_key"), "{}", e.message);
+    }
+
+    #[test]
+    fn an_old_sandbox_host_is_warned_about_naming_the_right_one() {
+        let warnings = std::cell::RefCell::new(Vec::new());
+        let warn = |m: String| warnings.borrow_mut().push(m);
+        let resolve = |_: &str, r: &SecretRef| -> Result<Secret, ProfileError> {
+            match r {
+                SecretRef::Literal(s) => Ok(s.clone()),
+                _ => Err(ProfileError::new("", "literal only in tests")),
+            }
+        };
+        let cx = ProfileContext::new("default", &resolve).with_warnings(&warn);
+        let table = |hosts: &str| -> toml::Table {
+            toml::from_str(&format!(
+                "partner_id = 1\npartner_key = \"k\"\nhosts = {hosts}\n"
+            ))
+            .unwrap()
+        };
+        SHOPEE
+            .profile(table(r#"["partner.shopeemobile.com"]"#), &cx)
+            .unwrap();
+        assert!(warnings.borrow().is_empty());
+        SHOPEE
+            .profile(
+                table(r#"["partner.shopeemobile.com", "Partner.UAT.shopeemobile.com"]"#),
+                &cx,
+            )
+            .unwrap();
+        let shown = warnings.borrow().join("\n");
+        assert!(
+            shown.contains("error_sign")
+                && shown.contains("openplatform.sandbox.test-stable.shopee.sg"),
+            "{shown}"
+        );
     }
 
     #[test]
