@@ -133,16 +133,18 @@ pub fn refresh_request(
         .map_err(|_| GrantError::Request(format!("the Shopee host `{host}` is not a valid host")))
 }
 
+/// Every field optional (and `null` read as absent): what is missing is reported, not guessed.
 #[derive(Deserialize)]
 struct TokenAnswer {
     #[serde(default)]
-    error: String,
+    error: Option<String>,
     #[serde(default)]
-    message: String,
+    message: Option<String>,
     #[serde(default)]
-    access_token: String,
+    access_token: Option<String>,
     #[serde(default)]
-    refresh_token: String,
+    refresh_token: Option<String>,
+    #[serde(default)]
     expire_in: Option<u64>,
 }
 
@@ -151,31 +153,35 @@ pub fn parse_grant(status: u16, body: &[u8], now: u64) -> Result<Grant, GrantErr
     let malformed = |reason: String| GrantError::Malformed { status, reason };
     let answer: TokenAnswer = serde_json::from_slice(body)
         .map_err(|e| malformed(format!("not Shopee's JSON token answer ({e})")))?;
-    if !answer.error.is_empty() {
-        let about_refresh = answer.message.to_ascii_lowercase().contains("refresh");
-        let hint = match answer.error.as_str() {
+    let error = answer.error.unwrap_or_default();
+    let message = answer.message.unwrap_or_default();
+    if !error.is_empty() {
+        let about_refresh = message.to_ascii_lowercase().contains("refresh");
+        let hint = match error.as_str() {
             "error_sign" => " (check partner_id and partner_key, and that the host belongs to the key's environment: test partners on the sandbox host, live ones on production)",
             "invalid_partner_id" => " (a test partner_id works only on the sandbox host, a live one only on production hosts)",
-            _ if about_refresh || answer.error == "error_auth" => " (Shopee no longer accepts this refresh token: it is spent, expired or the authorization was cancelled; the seller must authorize the app again, then put the new refresh_token in the config)",
+            _ if about_refresh || error == "error_auth" => " (Shopee no longer accepts this refresh token: it is spent, expired or the authorization was cancelled; the seller must authorize the app again, then put the new refresh_token in the config)",
             _ => "",
         };
         return Err(GrantError::Rejected {
-            code: answer.error,
-            message: answer.message,
+            code: error,
+            message,
             hint,
         });
     }
-    if answer.access_token.is_empty() {
-        return Err(malformed("no access_token".to_owned()));
-    }
+    let access_token = answer
+        .access_token
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| malformed("no access_token".to_owned()))?;
     let expire_in = answer
         .expire_in
         .ok_or_else(|| malformed("no expire_in".to_owned()))?;
-    let refresh_token = Some(answer.refresh_token)
+    let refresh_token = answer
+        .refresh_token
         .filter(|t| !t.is_empty())
         .map(Secret::new);
     Ok(Grant {
-        access_token: Secret::new(answer.access_token),
+        access_token: Secret::new(access_token),
         expires_at: now.saturating_add(expire_in),
         refresh_expires_at: refresh_token
             .as_ref()

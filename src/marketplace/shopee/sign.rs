@@ -159,18 +159,27 @@ impl Sign for ShopeeCredentials {
     }
 }
 
-/// Shopee's response envelope, the part that says what went wrong.
-#[derive(serde::Deserialize)]
+/// Shopee's response envelope, the part that says what went wrong (`error` is empty on success).
 pub(super) struct Envelope {
-    #[serde(default)]
     pub error: String,
-    #[serde(default)]
     pub message: String,
 }
 
 impl Envelope {
+    /// Absent and `null` fields read as empty: answers are not always consistent about them.
     pub(super) fn parse(body: &[u8]) -> Option<Envelope> {
-        serde_json::from_slice(body).ok()
+        #[derive(serde::Deserialize)]
+        struct Raw {
+            #[serde(default)]
+            error: Option<String>,
+            #[serde(default)]
+            message: Option<String>,
+        }
+        let raw: Raw = serde_json::from_slice(body).ok()?;
+        Some(Envelope {
+            error: raw.error.unwrap_or_default(),
+            message: raw.message.unwrap_or_default(),
+        })
     }
 }
 
@@ -916,5 +925,13 @@ mod tests {
             None
         );
         assert_eq!(c.rejection(s, b"<html>"), None);
+        assert_eq!(
+            c.rejection(s, br#"{"error":null,"message":null,"response":{}}"#),
+            None
+        );
+        assert_eq!(
+            c.rejection(s, br#"{"error":"error_sign","message":null}"#),
+            Some("error_sign".to_owned())
+        );
     }
 }
