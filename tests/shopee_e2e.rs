@@ -265,6 +265,64 @@ async fn another_shops_id_with_the_profiles_token_is_refused_naming_the_profile_
     assert!(upstream.requests().is_empty());
 }
 
+#[tokio::test]
+async fn merchant_profile_over_connect_signs_the_merchant_base() {
+    let (_ca, upstream, proxy) = setup_with(&profile(&format!(
+        "merchant_id = 1000000\naccess_token = \"{STATIC_TOKEN}\"\n"
+    )))
+    .await;
+    let client = reqwest_via_proxy(proxy.addr, &proxy.proxy_ca_pem());
+    let resp = client
+        .get(format!(
+            "https://{HOST}/api/v2/global_product/get_category?language=zh-hans"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let r = upstream.last_request();
+    assert_signed(&r);
+    assert_common_params(&r);
+    assert_eq!(r.query_params("merchant_id"), vec!["1000000".to_owned()]);
+    assert!(r.query_param("shop_id").is_none());
+    let base = format!(
+        "{PARTNER_ID}/api/v2/global_product/get_category{}{STATIC_TOKEN}1000000",
+        r.query_param("timestamp").unwrap()
+    );
+    assert_eq!(
+        r.query_param("sign").unwrap(),
+        shopee_sign_hex(PARTNER_KEY, &base)
+    );
+}
+
+/// Shopee's `error_sign` reaches the client unchanged and is counted as a signature rejection.
+#[tokio::test]
+async fn an_error_sign_answer_passes_through_and_is_counted() {
+    let (ca, upstream, proxy) = setup_with(&shop_profile()).await;
+    let answer = r#"{"request_id":"e1","error":"error_sign","message":"Wrong sign."}"#;
+    upstream.set_behaviour(Behaviour::json(403, answer));
+    let client = reqwest_via_proxy(proxy.addr, &ca.ca_pem());
+    let resp = client
+        .get(format!("http://{HOST}/api/v2/shop/get_shop_info"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403);
+    assert!(resp.headers().get("x-signproxy-error").is_none());
+    assert_eq!(resp.text().await.unwrap(), answer);
+    assert_eq!(
+        proxy.metric(
+            "signproxy_signature_rejections_total{profile=\"shopee.default\",code=\"error_sign\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        upstream.requests().len(),
+        1,
+        "a rejected signature is not retried"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Managed tokens
 // ---------------------------------------------------------------------------------------------
