@@ -955,7 +955,12 @@ impl Ctx<'_> {
             self.secret(&format!("{id}.{name}.{key}"), source)
                 .map_err(|e| ProfileError::new(key, e.message))
         };
-        let cx = ProfileContext::new(&name, &resolve);
+        let warn = |message: String| {
+            self.warnings
+                .borrow_mut()
+                .push(format!("{id}.{name}: {message}"))
+        };
+        let cx = ProfileContext::new(&name, &resolve).with_warnings(&warn);
         let located = |e: ProfileError| {
             let key = match e.key.as_str() {
                 "" => format!("{id}.{name}"),

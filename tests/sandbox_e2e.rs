@@ -248,6 +248,93 @@ async fn managed_tokens_refresh_ahead_of_expiry_and_on_an_expired_answer() {
     world.assert_nothing_left_the_machine();
 }
 
+const SHOPEE: &str = "partner.shopeemobile.com";
+
+/// Shopee in the sandbox: its own stand-in verifies the Shop and Public signatures in both proxy
+/// modes and answers in Shopee's envelope; its refresh tokens are single use, so a second
+/// refresh past the token lifetime proves the rotated one was kept; killed tokens get
+/// `invalid_acceess_token`, which the proxy answers with one refresh and a retry.
+#[tokio::test]
+async fn shopee_gets_verified_answers_in_both_modes_with_single_use_refresh_tokens() {
+    let clock = ManualClock::new(Timestamp::from_secs(1_800_000_000));
+    let ca = TestCa::new();
+    let network = TestUpstream::start(&ca, Verifier::None);
+    let config = format!(
+        "{}\n[shopee.default]\npartner_id = 2001887\npartner_key = \"shpk-sandbox-partner-key\"\nshop_id = 14701711\nrefresh_token = \"refresh-token-from-the-console\"\n",
+        example_in_sandbox(600)
+    );
+    let shared: SharedClock = clock.clone();
+    let proxy = ProxyHarness::start_with_clock(&config, &ca, Some(&network), shared).await;
+    let world = World { network, proxy };
+    let client = world.client();
+    for scheme in ["http", "https"] {
+        let (status, marker, info) = call(
+            &client,
+            reqwest::Method::GET,
+            &format!("{scheme}://{SHOPEE}/api/v2/shop/get_shop_info"),
+            None,
+        )
+        .await;
+        assert_eq!((status, marker.as_deref()), (200, Some("1")), "{info}");
+        assert_eq!(info["error"], "", "{info}");
+        assert_eq!(info["response"]["shop_name"], "Sandbox Shop");
+        let echo = &info["response"]["sandbox"];
+        assert_eq!(echo["verified"], true);
+        assert!(
+            echo["query"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p[0] == "access_token" && p[1] == "(redacted)"),
+            "{echo}"
+        );
+        let body: &'static [u8] = br#"{"item_id": 800000001, "name": "x"}"#;
+        let (status, _, update) = call(
+            &client,
+            reqwest::Method::POST,
+            &format!("{scheme}://{SHOPEE}/api/v2/product/update_item"),
+            Some(body),
+        )
+        .await;
+        assert_eq!(
+            (status, update["error"].as_str()),
+            (200, Some("")),
+            "{update}"
+        );
+        assert_eq!(
+            update["response"]["sandbox"]["body_sha256"],
+            sha256_hex(body)
+        );
+        let (status, _, public) = call(
+            &client,
+            reqwest::Method::GET,
+            &format!("{scheme}://{SHOPEE}/api/v2/public/get_shops_by_partner"),
+            None,
+        )
+        .await;
+        assert_eq!(
+            (status, public["error"].as_str()),
+            (200, Some("")),
+            "{public}"
+        );
+    }
+    assert_eq!(world.refreshes("shopee.default"), 1.0);
+
+    clock.advance_secs(601);
+    let info = format!("http://{SHOPEE}/api/v2/shop/get_shop_info");
+    let (status, _, answer) = call(&client, reqwest::Method::GET, &info, None).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(world.refreshes("shopee.default"), 2.0);
+
+    let expire = format!("http://{TIKTOK}/signproxy-sandbox/expire-tokens");
+    let (status, _, answer) = call(&client, reqwest::Method::POST, &expire, None).await;
+    assert_eq!(status, 200, "{answer}");
+    let (status, _, answer) = call(&client, reqwest::Method::GET, &info, None).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(world.refreshes("shopee.default"), 3.0);
+    world.assert_nothing_left_the_machine();
+}
+
 #[tokio::test]
 async fn a_real_token_file_is_left_exactly_as_it_was() {
     let ca = TestCa::new();

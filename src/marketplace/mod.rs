@@ -7,6 +7,7 @@
 //! [`MARKETPLACES`].
 
 pub mod ebay;
+pub mod shopee;
 pub mod stand_in;
 pub mod tiktok;
 
@@ -22,7 +23,7 @@ use crate::signing::{RequestHead, SignError};
 pub use stand_in::{SandboxAnswer, SandboxContext, SandboxRequest};
 
 /// Every marketplace signproxy knows, by config table name.
-pub static MARKETPLACES: &[&dyn Marketplace] = &[&tiktok::TIKTOK, &ebay::EBAY];
+pub static MARKETPLACES: &[&dyn Marketplace] = &[&tiktok::TIKTOK, &ebay::EBAY, &shopee::SHOPEE];
 
 /// The marketplace whose config table is `id` (`tiktok`, `ebay`, ...).
 pub fn by_id(id: &str) -> Option<&'static dyn Marketplace> {
@@ -58,6 +59,7 @@ pub struct ProfileContext<'a> {
     /// The profile's name: `default` in `[tiktok.default]`.
     pub name: &'a str,
     resolve: &'a dyn Fn(&str, &SecretRef) -> Result<Secret, ProfileError>,
+    warn: Option<&'a dyn Fn(String)>,
 }
 
 impl<'a> ProfileContext<'a> {
@@ -66,7 +68,27 @@ impl<'a> ProfileContext<'a> {
         name: &'a str,
         resolve: &'a dyn Fn(&str, &SecretRef) -> Result<Secret, ProfileError>,
     ) -> Self {
-        ProfileContext { name, resolve }
+        ProfileContext {
+            name,
+            resolve,
+            warn: None,
+        }
+    }
+
+    /// Where [`ProfileContext::warn`] sends its warnings: the config's, which `check` prints and
+    /// `run` logs once logging is set up (a log line at load time would come before that).
+    pub fn with_warnings(mut self, warn: &'a dyn Fn(String)) -> Self {
+        self.warn = Some(warn);
+        self
+    }
+
+    /// A problem with the profile that does not stop it from loading (a host known to answer
+    /// every signature with an error, say). Without a sink, it is logged.
+    pub fn warn(&self, message: String) {
+        match self.warn {
+            Some(warn) => warn(message),
+            None => tracing::warn!(profile = %self.name, "{message}"),
+        }
     }
 
     /// The secret `source` names, for the table's `key`.

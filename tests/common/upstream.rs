@@ -32,6 +32,7 @@ pub const UPSTREAM_NAMES: &[&str] = &[
     "apiz.ebay.com",
     "api.sandbox.ebay.com",
     "apiz.sandbox.ebay.com",
+    "partner.shopeemobile.com",
 ];
 
 /// A streamed response body: `total` bytes of [`pattern_bytes`] in `chunk`-sized frames.

@@ -21,6 +21,10 @@ pub enum Verifier {
     Ebay {
         public_key: EbayPublicKey,
     },
+    Shopee {
+        partner_id: u64,
+        partner_key: String,
+    },
     /// Picks a verifier by the request's host (Host header without port, lower-cased; else SNI).
     /// Hosts not listed get `Verifier::None`.
     ByHost(Vec<(String, Verifier)>),
@@ -49,6 +53,13 @@ impl Verifier {
             Verifier::Ebay { public_key } => {
                 Verdict::from_result("ebay", verify_ebay(r, public_key))
             }
+            Verifier::Shopee {
+                partner_id,
+                partner_key,
+            } => Verdict::from_result(
+                "shopee",
+                super::verify_shopee::verify_shopee(r, *partner_id, partner_key),
+            ),
             Verifier::ByHost(table) => {
                 let host = r
                     .host_name()
