@@ -268,13 +268,15 @@ impl TokenBook {
             .store(self.serial.load(Ordering::Relaxed), Ordering::Relaxed);
     }
 
-    /// Spends a refresh token: true the first time, false ever after.
-    pub fn spend(&self, token: &str) -> bool {
+    /// Spends `app`'s single-use token (a refresh token, an authorization code): true the first
+    /// time, false ever after. Per app: two marketplaces' profiles may well be configured with
+    /// the same demo text.
+    pub fn spend(&self, app: &str, token: &str) -> bool {
         let mut spent = self.spent.lock().unwrap_or_else(|p| p.into_inner());
         if spent.len() >= SPENT_LIMIT {
             spent.clear();
         }
-        spent.insert(token.to_owned())
+        spent.insert(format!("{app}\0{token}"))
     }
 
     fn mac(&self, kind: TokenKind, app: &str, expires_at: u64, serial: u64) -> String {
@@ -363,9 +365,10 @@ mod tests {
     #[test]
     fn refresh_tokens_are_spent_once() {
         let book = TokenBook::new();
-        assert!(book.spend("rt-1"));
-        assert!(!book.spend("rt-1"));
-        assert!(book.spend("rt-2"));
+        assert!(book.spend("app", "rt-1"));
+        assert!(!book.spend("app", "rt-1"));
+        assert!(book.spend("app", "rt-2"));
+        assert!(book.spend("another app", "rt-1"));
     }
 
     #[test]

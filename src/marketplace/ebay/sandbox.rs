@@ -398,7 +398,7 @@ impl EbayStandIn {
             }
             "authorization_code" => {
                 let code = field("code");
-                if code.is_empty() || !cx.tokens.spend(&format!("code\0{code}")) {
+                if code.is_empty() || !cx.tokens.spend(&app, &format!("code\0{code}")) {
                     return oauth_error(
                         StatusCode::BAD_REQUEST,
                         "invalid_grant",

@@ -255,7 +255,7 @@ impl ShopeeStandIn {
                         ))
                     }
                 }
-                if !cx.tokens.spend(presented) {
+                if !cx.tokens.spend(&app, presented) {
                     return Err(refuse(
                         StatusCode::FORBIDDEN,
                         "error_auth",
@@ -265,7 +265,7 @@ impl ShopeeStandIn {
             }
             CODE_PATH => {
                 let code = body["code"].as_str().unwrap_or_default();
-                if code.is_empty() || !cx.tokens.spend(&format!("code\0{code}")) {
+                if code.is_empty() || !cx.tokens.spend(&app, &format!("code\0{code}")) {
                     return Err(refuse(
                         StatusCode::FORBIDDEN,
                         "error_auth",

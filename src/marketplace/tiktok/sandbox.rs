@@ -219,7 +219,7 @@ impl TiktokStandIn {
                     }
                     TokenCheck::Valid { .. } | TokenCheck::Foreign => {}
                 }
-                if !cx.tokens.spend(presented) {
+                if !cx.tokens.spend(&self.app_key, presented) {
                     return Err(refuse(
                         bad,
                         36004005,
@@ -229,7 +229,7 @@ impl TiktokStandIn {
             }
             ("/api/v2/token/get", "authorized_code") => {
                 let code = param("auth_code");
-                if code.is_empty() || !cx.tokens.spend(&format!("auth_code\0{code}")) {
+                if code.is_empty() || !cx.tokens.spend(&self.app_key, &format!("auth_code\0{code}")) {
                     return Err(refuse(bad, 36004004, "The auth_code is missing or was already used"));
                 }
             }
