@@ -790,3 +790,67 @@ fn doctor_judges_a_raw_request_and_names_the_mistake() {
         stdout(&out)
     );
 }
+
+/// `signproxy sign` on the inputs of Shopee's doc (partner 2001887 at 1655714431, its shop and
+/// merchant tokens and ids) signs exactly the doc's three base strings: the spec prints no digest,
+/// so the independent verifier's HMAC of each doc string is the expectation.
+#[test]
+fn sign_reproduces_shopee_doc_base_strings_for_each_api_type() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = "shpk-vector-key";
+    let config = dir.path().join("shopee.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[proxy]\nstate_dir = \"{state}\"\n\n\
+             [shopee.shop]\npartner_id = 2001887\npartner_key = \"{key}\"\nshop_id = 14701711\n\
+             access_token = \"59777174636562737266615546704c6d\"\n\n\
+             [shopee.merchant]\npartner_id = 2001887\npartner_key = \"{key}\"\nmerchant_id = 1000000\n\
+             access_token = \"09777174636962737266615546704c6d\"\n",
+            state = dir.path().join("state").display()
+        ),
+    )
+    .unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let cases = [
+        (
+            "shopee.shop",
+            "/api/v2/shop/get_shop_info",
+            "2001887/api/v2/shop/get_shop_info165571443159777174636562737266615546704c6d14701711",
+        ),
+        (
+            "shopee.merchant",
+            "/api/v2/global_product/get_category",
+            "2001887/api/v2/global_product/get_category165571443109777174636962737266615546704c6d1000000",
+        ),
+        (
+            "shopee.shop",
+            "/api/v2/public/get_shops_by_partner",
+            "2001887/api/v2/public/get_shops_by_partner1655714431",
+        ),
+    ];
+    for (profile, path, doc_base) in cases {
+        let out = signproxy(&[
+            "sign",
+            "--config",
+            config.to_str().unwrap(),
+            "--now",
+            "1655714431",
+            "--profile",
+            profile,
+            "GET",
+            &format!("https://partner.shopeemobile.com{path}"),
+        ]);
+        assert!(out.status.success(), "{path}: {}", stderr(&out));
+        let expected = common::verify_shopee::shopee_sign_hex(key, doc_base);
+        assert!(
+            stdout(&out).contains(&format!("sign={expected}")),
+            "{path}: {}",
+            stdout(&out)
+        );
+    }
+}
