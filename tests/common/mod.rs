@@ -5,6 +5,7 @@
 //!   every request, checks its signature and answers with a JSON echo (or a set `Behaviour`).
 //! - `verify`: `Verifier`, `verify_tiktok`, `verify_ebay`: signature checks written
 //!   independently of signproxy's signers.
+//! - `verify_iop`: the same for the IOP gateway (Lazada, AliExpress), from the spec.
 //! - `keys`: eBay test keys (RFC 9421 Ed25519, a fixed RSA key, fresh Ed25519) and PEM helpers.
 //! - `client`: reqwest and curl pointed at the proxy.
 //! - `readme`: README.md's fenced blocks, for tests that run its examples.
@@ -20,6 +21,7 @@ pub mod readme;
 pub mod received;
 pub mod upstream;
 pub mod verify;
+pub mod verify_iop;
 
 pub use ca::{ring_provider, TestCa};
 pub use client::{

@@ -32,6 +32,9 @@ pub const UPSTREAM_NAMES: &[&str] = &[
     "apiz.ebay.com",
     "api.sandbox.ebay.com",
     "apiz.sandbox.ebay.com",
+    "api.lazada.sg",
+    "auth.lazada.com",
+    "api-sg.aliexpress.com",
 ];
 
 /// A streamed response body: `total` bytes of [`pattern_bytes`] in `chunk`-sized frames.

@@ -150,7 +150,9 @@ pub fn parse_grant(
         Value::Number(code) => code.to_string(),
         _ => String::new(),
     };
-    if code != "0" && !(code.is_empty() && !answer.access_token.is_empty()) {
+    // Success is `code` "0"; an answer with a token and no code at all is taken as one too.
+    let success = code == "0" || (code.is_empty() && !answer.access_token.is_empty());
+    if !success {
         let hint = match code.as_str() {
             "IllegalRefreshToken" | "InvalidRefreshToken" | "IllegalAccessToken" => consent_hint,
             "IncompleteSignature" => {
