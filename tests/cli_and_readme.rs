@@ -120,9 +120,17 @@ fn readme_config_reference_block_is_valid_config() {
     std::env::set_var("TIKTOK_ACCESS_TOKEN", "readme-token");
     std::env::set_var("EBAY_SIGNATURE_JWE", "readme-jwe");
     std::env::set_var("EBAY_TOKEN", "readme-ebay-token");
+    std::env::set_var("LAZADA_APP_SECRET", "readme-lazada-secret");
+    std::env::set_var("LAZADA_REFRESH_TOKEN", "readme-lazada-rt");
+    std::env::set_var("ALIEXPRESS_APP_SECRET", "readme-aliexpress-secret");
+    std::env::set_var("ALIEXPRESS_ACCESS_TOKEN", "readme-aliexpress-token");
     let config = signproxy::config::Config::from_toml_str(&block, dir.path())
         .unwrap_or_else(|e| panic!("README config block: {e}"));
-    assert_eq!(config.profiles.len(), 2);
+    // One profile per marketplace.
+    assert_eq!(
+        config.profiles.len(),
+        signproxy::marketplace::MARKETPLACES.len()
+    );
     assert_eq!(
         config.upstream.connect_to["api.ebay.com:443"],
         "127.0.0.1:9443"

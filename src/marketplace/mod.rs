@@ -1,6 +1,8 @@
 //! The marketplace seam: the traits every marketplace implements ([`Marketplace`], [`Sign`],
 //! [`TokenEndpoint`]) and [`MARKETPLACES`], the one list of them. Each marketplace lives in its
-//! own folder; nothing outside that folder names it.
+//! own folder; nothing outside that folder names it. A protocol several marketplaces share
+//! (`iop/`: Lazada and AliExpress) has a folder of its own that names none of them, configured
+//! by a policy value from each marketplace's folder.
 //!
 //! Adding one: a folder with a `static` value implementing [`Marketplace`] (its config table and
 //! default hosts), a pure [`Sign`] and, if it has OAuth, a [`TokenEndpoint`]; then one line in
