@@ -561,4 +561,87 @@ mod tests {
             "0"
         );
     }
+
+    mod signer_agrees {
+        use super::*;
+        use crate::marketplace::{Sign, SignInput};
+        use proptest::prelude::*;
+
+        /// Names and values from an alphabet with the characters that matter: escapes, `+`,
+        /// `=`, non-ASCII, the system names.
+        fn word() -> impl Strategy<Value = String> {
+            prop_oneof![
+                "[a-zA-Z_]{0,6}",
+                "(%41|%2B|%3D|%C3%A9|\\+|=|a|Z|_){0,4}",
+                Just("sign".to_owned()),
+                Just("access_token".to_owned()),
+                Just("session".to_owned()),
+                Just("app_key".to_owned()),
+                Just("%E6%9D%B1".to_owned()),
+            ]
+        }
+
+        fn pairs() -> impl Strategy<Value = String> {
+            proptest::collection::vec((word(), word()), 0..6).prop_map(|pairs| {
+                pairs
+                    .into_iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join("&")
+            })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            /// Whatever a client sends, the signer either refuses it with a 400 or produces a
+            /// request this stand-in's own verifier accepts, with the body unchanged.
+            #[test]
+            fn signed_requests_verify_or_are_refused(
+                api in "/[a-z]{1,5}(/[a-z]{1,5})?",
+                query in pairs(),
+                form in proptest::option::of(pairs()),
+                millis in 1_600_000_000_000u64..1_900_000_000_000,
+            ) {
+                let creds = crate::marketplace::iop::sign::IopCredentials {
+                    policy: &super::super::super::sign::tests::POLICY,
+                    app_key: "123456".into(),
+                    app_secret: Secret::new("helloworld"),
+                };
+                let pq = format!("/rest{api}?{query}");
+                let headers: &[(&str, &str)] = if form.is_some() {
+                    &[("content-type", "application/x-www-form-urlencoded")]
+                } else {
+                    &[]
+                };
+                let head = super::super::super::sign::tests::head(Method::POST, &pq, headers);
+                let body = form.clone().unwrap_or_default();
+                let token = Secret::new("foreign-token");
+                let input = SignInput {
+                    head: &head,
+                    body: body.as_bytes(),
+                    access_token: Some(&token),
+                    now: crate::clock::Timestamp::from_millis(millis),
+                };
+                match creds.sign(input) {
+                    Err(crate::signing::SignError::BadRequest(_)) => {}
+                    Err(other) => prop_assert!(false, "not a 400: {other:?}"),
+                    Ok(signed) => {
+                        let req = SandboxRequest {
+                            method: Method::POST,
+                            host: "api.example.test".into(),
+                            authority: "api.example.test".into(),
+                            path: signed.path().to_owned(),
+                            query: signed.query().map(str::to_owned),
+                            headers: signed.headers.clone(),
+                            body: Bytes::from(body.clone()),
+                        };
+                        let book = TokenBook::new();
+                        let a = stand_in().answer(&req, &SandboxContext::at(millis / 1000, &book));
+                        prop_assert_eq!(&a.body["code"], "0", "{} {}: {}", signed.path_and_query, body, a.body);
+                    }
+                }
+            }
+        }
+    }
 }
