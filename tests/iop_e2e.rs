@@ -7,6 +7,7 @@
 
 mod common;
 
+use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 use common::proxy::{test_config, ProxyHarness};
@@ -251,12 +252,17 @@ struct TokenWorld {
     rejected: Vec<String>,
     /// Seconds the access tokens live.
     lifetime: u64,
+    /// Seconds the refresh tokens live (`refresh_expires_in`).
+    refresh_lifetime: u64,
+    /// Put before every granted token, to make them easy to search for.
+    prefix: String,
 }
 
 fn token_world(ca: &TestCa) -> (TestUpstream, Arc<Mutex<TokenWorld>>) {
     let upstream = TestUpstream::start(ca, Verifier::None);
     let world = Arc::new(Mutex::new(TokenWorld {
         lifetime: 7 * 86400,
+        refresh_lifetime: 30 * 86400,
         ..TokenWorld::default()
     }));
     let w = Arc::clone(&world);
@@ -281,8 +287,8 @@ fn token_world(ca: &TestCa) -> (TestUpstream, Arc<Mutex<TokenWorld>>) {
             w.grants += 1;
             let n = w.grants;
             let body = serde_json::json!({
-                "access_token": format!("at-{n}"), "refresh_token": format!("rt-{n}"),
-                "expires_in": w.lifetime, "refresh_expires_in": 30 * 86400,
+                "access_token": format!("{}at-{n}", w.prefix), "refresh_token": format!("{}rt-{n}", w.prefix),
+                "expires_in": w.lifetime, "refresh_expires_in": w.refresh_lifetime,
                 "country": "sg", "account": "seller@example.com", "account_platform": "seller_center",
                 "country_user_info": [], "code": "0", "request_id": format!("req-{n}"),
             });
@@ -438,4 +444,79 @@ async fn a_lost_refresh_answer_keeps_the_previous_pair() {
         Some("at-2")
     );
     assert!(clock.now().secs() > 0);
+}
+
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Debug logs of a whole token life (grant, expired answer, refresh, retry) hold no secret, no
+/// token and no query (which carries the token and `sign`); a refresh token that refreshing does
+/// not extend is warned about while there is time to authorize again.
+#[tokio::test]
+async fn token_flows_never_log_secrets_and_warn_before_the_refresh_token_runs_out() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter("debug")
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    // A thread-local subscriber sees the proxy's logs (#[tokio::test] is single-threaded); a
+    // second Dispatch keeps callsite interest from being cached by another thread (see
+    // tokens_e2e.rs).
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let _second_dispatch = tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default());
+
+    let ca = TestCa::new();
+    let (upstream, world) = token_world(&ca);
+    {
+        let mut w = world.lock().unwrap();
+        w.prefix = "LEAK-".into();
+        w.refresh_lifetime = 3 * 86400;
+        w.rejected.push("LEAK-at-1".into());
+    }
+    let state = tempfile::tempdir().unwrap();
+    let proxy = ProxyHarness::start(
+        &managed_config(state.path(), "RT-LEAKCHECK-0"),
+        &ca,
+        Some(&upstream),
+    )
+    .await;
+    assert_eq!(lazada_get(&proxy, &ca).await.0, 200);
+    assert_eq!(
+        world.lock().unwrap().seen,
+        vec!["RT-LEAKCHECK-0", "LEAK-rt-1"]
+    );
+    proxy.stop().await;
+
+    let logs = String::from_utf8_lossy(&captured.0.lock().unwrap()).into_owned();
+    assert!(
+        logs.contains("access token refreshed"),
+        "logs were captured: {logs}"
+    );
+    assert!(
+        logs.contains("the refresh token expires soon"),
+        "warned ahead of the refresh token's end: {logs}"
+    );
+    for secret in [
+        LZ_SECRET,
+        "RT-LEAKCHECK-0",
+        "LEAK-rt-",
+        "LEAK-at-",
+        "limit=10",
+        "token/refresh?",
+        "sign=",
+    ] {
+        assert!(!logs.contains(secret), "logs leak {secret:?}:\n{logs}");
+    }
 }
