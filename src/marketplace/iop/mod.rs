@@ -105,3 +105,63 @@ pub fn profile(
         token,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::marketplace::SandboxRequest;
+    use crate::secret::Secret;
+
+    fn build(text: &str) -> Result<ProfileParts, ProfileError> {
+        let resolve = |_key: &str, source: &SecretRef| match source {
+            SecretRef::Literal(secret) => Ok(secret.clone()),
+            _ => Err(ProfileError::new("", "literal secrets only in this test")),
+        };
+        let cx = ProfileContext::new("default", &resolve);
+        let table: toml::Table = text.parse().unwrap();
+        profile(
+            &sign::tests::POLICY,
+            &["a.example.test", "b.example.test"],
+            table,
+            &cx,
+        )
+    }
+
+    #[test]
+    fn the_table_gives_hosts_tokens_and_a_stand_in_for_the_app() {
+        let parts = build("app_key = \"k\"\napp_secret = \"s\"\nrefresh_token = \"r\"\n")
+            .ok()
+            .unwrap();
+        assert_eq!(parts.hosts, ["a.example.test", "b.example.test"]);
+        assert!(parts.token.is_managed());
+        assert_eq!(parts.stand_in.token_hosts(), ["auth.example.test"]);
+        let req = |query: &str, form: &str| SandboxRequest {
+            method: http::Method::POST,
+            host: "a.example.test".into(),
+            authority: "a.example.test".into(),
+            path: "/rest/x".into(),
+            query: Some(query.into()),
+            headers: http::HeaderMap::new(),
+            body: bytes::Bytes::from(form.to_owned()),
+        };
+        assert!(parts.stand_in.claims(&req("app_key=k", "")));
+        assert!(parts.stand_in.claims(&req("", "app_key=k&a=1")));
+        assert!(!parts.stand_in.claims(&req("app_key=other", "")));
+
+        let own = build("app_key = \"k\"\napp_secret = \"s\"\naccess_token = \"t\"\nhosts = [\"c.example.test\"]\n").ok().unwrap();
+        assert_eq!(own.hosts, ["c.example.test"]);
+        assert!(matches!(own.token, TokenSource::Static(ref t) if *t == Secret::new("t")));
+    }
+
+    #[test]
+    fn mistakes_in_the_table_name_their_key() {
+        for (text, key, says) in [
+            ("app_key = \"k\"\napp_secret = \"s\"\naccess_token = \"t\"\nrefresh_token = \"r\"\n", "refresh_token", "not both"),
+            ("app_key = \" \"\napp_secret = \"s\"\n", "app_key", "is empty"),
+            ("app_key = \"k\"\napp_secret = \"s\"\nshop_cipher = \"x\"\n", "", "unknown field"),
+        ] {
+            let e = build(text).err().unwrap();
+            assert!(e.key == key && e.message.contains(says), "{text}: {e:?}");
+        }
+    }
+}

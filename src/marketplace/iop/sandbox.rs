@@ -51,8 +51,17 @@ fn isv(code: &'static str, message: impl Into<String>) -> Refusal {
 }
 
 impl StandIn for IopStandIn {
+    /// `app_key` in the query (as signproxy sends it) or in the form (as the official SDKs do).
     fn claims(&self, req: &SandboxRequest) -> bool {
-        req.query_param("app_key").as_deref() == Some(self.app_key.as_str())
+        req.query_param("app_key")
+            .or_else(|| {
+                req.form()
+                    .into_iter()
+                    .find(|(k, _)| k == "app_key")
+                    .map(|(_, v)| v)
+            })
+            .as_deref()
+            == Some(self.app_key.as_str())
     }
 
     fn is_token_request(&self, req: &SandboxRequest) -> bool {
