@@ -517,6 +517,24 @@ pub(super) mod tests {
             base_string("/test/api", &params),
             b"/test/apibar2foo1foo_bar3foobar4".to_vec()
         );
+        // Byte order puts `Z` before `_` before `a`; case-insensitive or locale collation
+        // (`a`, `_b`, `Z` or `_b`, `a`, `Z`) signs something else.
+        let s = run(
+            head(Method::GET, "/rest/p?a=2&_b=3&Z=1", &[]),
+            b"",
+            &creds("s", "k"),
+            None,
+            1,
+        )
+        .unwrap();
+        let byte_order = hmac_upper_hex("s", b"/pZ1_b3a2app_keyksign_methodsha256timestamp1");
+        assert_eq!(sign_of(&s), byte_order);
+        for other in [
+            "/pa2app_keyk_b3sign_methodsha256timestamp1Z1",
+            "/p_b3a2app_keyksign_methodsha256timestamp1Z1",
+        ] {
+            assert_ne!(hmac_upper_hex("s", other.as_bytes()), byte_order, "{other}");
+        }
     }
 
     /// The vector's base string with one rule broken each time: every variant must sign
