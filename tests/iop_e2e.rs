@@ -204,6 +204,28 @@ async fn multipart_text_fields_are_signed_and_the_body_kept() {
     assert_eq!(r.body, body);
 }
 
+/// The app's own authorization call (`/rest/auth/token/create` on `auth.lazada.com`) is signed
+/// with its API name and gets no access token, though the profile has one.
+#[tokio::test]
+async fn auth_token_create_is_signed_without_an_access_token() {
+    let (ca, upstream, proxy) = setup().await;
+    let client = reqwest_via_proxy(proxy.addr, &proxy.proxy_ca_pem());
+    let body = "code=0_100001_abcDEF%2B123";
+    let resp = client
+        .post(format!("https://{LAZADA_AUTH}/rest/auth/token/create"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let r = upstream.last_request();
+    assert_iop(&r, LZ_KEY, LZ_SECRET, LAZADA);
+    assert_eq!(r.tls_sni.as_deref(), Some(LAZADA_AUTH));
+    assert_eq!(r.query_param("access_token"), None, "{}", r.path_and_query);
+    assert_eq!(r.body, body.as_bytes());
+}
+
 /// A body that carries a system parameter is refused with 400 before anything goes upstream:
 /// the proxy never edits a body.
 #[tokio::test]

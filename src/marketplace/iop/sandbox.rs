@@ -522,6 +522,25 @@ mod tests {
         assert_eq!(a["code"], "IncompleteSignature", "{a}");
     }
 
+    /// The official SDKs send every parameter, system ones included, in the form.
+    #[test]
+    fn system_params_in_the_form_verify_like_query_ones() {
+        let book = TokenBook::new();
+        let form = vector(VECTOR_SIGN, "1517820392000");
+        let a = answer(
+            &request(Method::POST, "/rest/order/get", "", &form),
+            &book,
+            VECTOR_MS / 1000,
+        );
+        assert_eq!(a["code"], "0", "{a}");
+        let twice = answer(
+            &request(Method::POST, "/rest/order/get", "order_id=1234", &form),
+            &book,
+            VECTOR_MS / 1000,
+        );
+        assert_eq!(twice["code"], "InvalidParameter", "{twice}");
+    }
+
     #[test]
     fn refresh_tokens_rotate_once_and_expired_access_tokens_are_illegal() {
         let book = TokenBook::new();
