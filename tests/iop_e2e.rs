@@ -208,7 +208,7 @@ async fn multipart_text_fields_are_signed_and_the_body_kept() {
 /// with its API name and gets no access token, though the profile has one.
 #[tokio::test]
 async fn auth_token_create_is_signed_without_an_access_token() {
-    let (ca, upstream, proxy) = setup().await;
+    let (_ca, upstream, proxy) = setup().await;
     let client = reqwest_via_proxy(proxy.addr, &proxy.proxy_ca_pem());
     let body = "code=0_100001_abcDEF%2B123";
     let resp = client
