@@ -120,9 +120,19 @@ fn readme_config_reference_block_is_valid_config() {
     std::env::set_var("TIKTOK_ACCESS_TOKEN", "readme-token");
     std::env::set_var("EBAY_SIGNATURE_JWE", "readme-jwe");
     std::env::set_var("EBAY_TOKEN", "readme-ebay-token");
+    std::env::set_var("SHOPEE_PARTNER_KEY", "readme-shopee-key");
+    std::env::set_var("SHOPEE_REFRESH_TOKEN", "readme-shopee-rt");
+    std::env::set_var("LAZADA_APP_SECRET", "readme-lazada-secret");
+    std::env::set_var("LAZADA_REFRESH_TOKEN", "readme-lazada-rt");
+    std::env::set_var("ALIEXPRESS_APP_SECRET", "readme-aliexpress-secret");
+    std::env::set_var("ALIEXPRESS_ACCESS_TOKEN", "readme-aliexpress-token");
     let config = signproxy::config::Config::from_toml_str(&block, dir.path())
         .unwrap_or_else(|e| panic!("README config block: {e}"));
-    assert_eq!(config.profiles.len(), 2);
+    // One profile per marketplace.
+    assert_eq!(
+        config.profiles.len(),
+        signproxy::marketplace::MARKETPLACES.len()
+    );
     assert_eq!(
         config.upstream.connect_to["api.ebay.com:443"],
         "127.0.0.1:9443"
@@ -215,7 +225,7 @@ async fn readme_marketplace_examples_get_verified_answers_from_the_sandbox() {
             .filter(|c| c.starts_with("curl "))
             .collect();
         // The quickstart's call, then one per marketplace of the example config.
-        assert_eq!(lines.len(), 4, "{lines:?}");
+        assert_eq!(lines.len(), 6, "{lines:?}");
         let expire = sh
             .iter()
             .find(|b| b.contains("/signproxy-sandbox/expire-tokens"))
@@ -267,14 +277,16 @@ async fn readme_marketplace_examples_get_verified_answers_from_the_sandbox() {
         ];
         let script = format!(
             "{}\nprint(r.status_code, r.json()[\"code\"])\n\
-             print(shop.status_code, repr(shop.json()[\"error\"]))",
+             print(shop.status_code, repr(shop.json()[\"error\"]))\n\
+             for iop in (orders, listed):\n    \
+             print(iop.status_code, iop.json()[\"code\"], iop.json()[\"data\"][\"sandbox\"][\"verified\"])",
             blocks[1]
         );
         assert!(blocks[1].contains("https://open-api.tiktokglobalshop.com"));
         let per_language = python(&script, &env).await;
         assert_eq!(
             stdout(&per_language).trim(),
-            "200 0\n200 ''",
+            "200 0\n200 ''\n200 0 True\n200 0 True",
             "{}",
             stderr(&per_language)
         );

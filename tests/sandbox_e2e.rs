@@ -610,3 +610,94 @@ async fn sandbox_serve_grants_tokens_and_refuses_the_app_secret_of_another_app()
         .await;
     assert_eq!(wrong["code"], 36009004, "{wrong}");
 }
+
+/// Lazada and AliExpress in the sandbox: the IOP stand-in verifies GETs and `/sync` forms
+/// through both proxy modes, grants and rotates tokens (refreshed ahead of expiry), and answers
+/// `IllegalAccessToken` once tokens are killed, which the proxy refreshes and retries.
+#[tokio::test]
+async fn iop_marketplaces_get_verified_answers_and_rotating_tokens() {
+    const LAZADA: &str = "api.lazada.sg";
+    const ALIEXPRESS: &str = "api-sg.aliexpress.com";
+    let clock = ManualClock::new(Timestamp::from_secs(1_800_000_000));
+    let ca = TestCa::new();
+    let network = TestUpstream::start(&ca, Verifier::None);
+    let config = common::proxy::test_config(
+        "",
+        "",
+        "[sandbox]\nenabled = true\ntoken_ttl_secs = 600\n\n\
+         [lazada.default]\napp_key = \"100001\"\napp_secret = \"lz-demo-secret\"\nrefresh_token = \"lz-demo-rt\"\n\n\
+         [aliexpress.default]\napp_key = \"500002\"\napp_secret = \"ae-demo-secret\"\nrefresh_token = \"ae-demo-rt\"\n\n\
+         [tiktok.default]\napp_key = \"29a39d\"\napp_secret = \"e59af819cc\"\n",
+    );
+    let shared: SharedClock = clock.clone();
+    let proxy = ProxyHarness::start_with_clock(&config, &ca, Some(&network), shared).await;
+    let client = reqwest_via_proxy(proxy.addr, &proxy.proxy_ca_pem());
+    let form: &'static [u8] = b"method=aliexpress.trade.seller.orderlist.get&page_size=20";
+    let both = |scheme: &'static str| {
+        let client = client.clone();
+        async move {
+            let (status, marker, orders) = call(
+                &client,
+                reqwest::Method::GET,
+                &format!("{scheme}://{LAZADA}/rest/orders/get?limit=10"),
+                None,
+            )
+            .await;
+            assert_eq!((status, marker.as_deref()), (200, Some("1")), "{orders}");
+            assert_eq!(orders["code"], "0", "{orders}");
+            let echo = &orders["data"]["sandbox"];
+            assert_eq!(echo["verified"], true);
+            assert!(
+                echo["query"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|p| p[0] == "access_token" && p[1] == "(redacted)"),
+                "{echo}"
+            );
+            let resp = client
+                .post(format!("{scheme}://{ALIEXPRESS}/sync"))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(form)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200);
+            let sync: Value = serde_json::from_str(&resp.text().await.unwrap()).unwrap();
+            assert_eq!(sync["code"], "0", "{sync}");
+            assert_eq!(sync["data"]["sandbox"]["body_sha256"], sha256_hex(form));
+        }
+    };
+    let refreshes = |profile: &str| {
+        proxy.metric(&format!(
+            "signproxy_token_refreshes_total{{profile=\"{profile}\",outcome=\"success\"}}"
+        ))
+    };
+    both("http").await;
+    both("https").await;
+    assert_eq!(
+        (refreshes("lazada.default"), refreshes("aliexpress.default")),
+        (1.0, 1.0)
+    );
+
+    // Past the lifetime: refreshed before sending, with the rotated (single-use) refresh token.
+    clock.advance_secs(601);
+    both("https").await;
+    assert_eq!(
+        (refreshes("lazada.default"), refreshes("aliexpress.default")),
+        (2.0, 2.0)
+    );
+
+    // Tokens killed early: IllegalAccessToken, one refresh, one retry; the client sees success.
+    // The control is reached through the TikTok host: the IOP signer refuses paths that are not
+    // gateway API paths (`/rest/<api>`, `/sync`) before the sandbox sees them.
+    let expire = format!("http://{TIKTOK}/signproxy-sandbox/expire-tokens");
+    let (status, _, answer) = call(&client, reqwest::Method::POST, &expire, None).await;
+    assert_eq!(status, 200, "{answer}");
+    both("http").await;
+    assert_eq!(
+        (refreshes("lazada.default"), refreshes("aliexpress.default")),
+        (3.0, 3.0)
+    );
+    assert_eq!(network.connections_accepted(), 0, "the sandbox dialled out");
+}

@@ -1,12 +1,17 @@
 //! The marketplace seam: the traits every marketplace implements ([`Marketplace`], [`Sign`],
 //! [`TokenEndpoint`]) and [`MARKETPLACES`], the one list of them. Each marketplace lives in its
-//! own folder; nothing outside that folder names it.
+//! own folder; nothing outside that folder names it. A protocol several marketplaces share
+//! (`iop/`: Lazada and AliExpress) has a folder of its own that names none of them, configured
+//! by a policy value from each marketplace's folder.
 //!
 //! Adding one: a folder with a `static` value implementing [`Marketplace`] (its config table and
 //! default hosts), a pure [`Sign`] and, if it has OAuth, a [`TokenEndpoint`]; then one line in
 //! [`MARKETPLACES`].
 
+pub mod aliexpress;
 pub mod ebay;
+pub mod iop;
+pub mod lazada;
 pub mod shopee;
 pub mod stand_in;
 pub mod tiktok;
@@ -23,7 +28,13 @@ use crate::signing::{RequestHead, SignError};
 pub use stand_in::{SandboxAnswer, SandboxContext, SandboxRequest};
 
 /// Every marketplace signproxy knows, by config table name.
-pub static MARKETPLACES: &[&dyn Marketplace] = &[&tiktok::TIKTOK, &ebay::EBAY, &shopee::SHOPEE];
+pub static MARKETPLACES: &[&dyn Marketplace] = &[
+    &tiktok::TIKTOK,
+    &ebay::EBAY,
+    &shopee::SHOPEE,
+    &lazada::LAZADA,
+    &aliexpress::ALIEXPRESS,
+];
 
 /// The marketplace whose config table is `id` (`tiktok`, `ebay`, ...).
 pub fn by_id(id: &str) -> Option<&'static dyn Marketplace> {
@@ -313,6 +324,12 @@ pub trait TokenEndpoint: Send + Sync + fmt::Debug {
     ) -> Result<Grant, GrantError>;
     /// Whether an API answer means "this access token has expired".
     fn is_expired_answer(&self, status: StatusCode, body: &[u8]) -> bool;
+    /// Whether a rotated refresh token keeps the expiry of the one it replaces (its lifetime is
+    /// not renewed by refreshing), so the earlier of the stored and the granted expiry holds.
+    /// Default: each grant states the new token's own expiry.
+    fn refresh_expiry_carries_over(&self) -> bool {
+        false
+    }
 }
 
 /// Where a profile's access token comes from. Never grows: a new marketplace brings a

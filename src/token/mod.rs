@@ -27,6 +27,8 @@ const REFRESH_JITTER_SECS: u64 = 60;
 /// After a failed refresh, wait this long before the next attempt, doubling up to the maximum.
 const COOLDOWN_FIRST_MS: u64 = 1_000;
 const COOLDOWN_MAX_MS: u64 = 60_000;
+/// Warn at every refresh once the refresh token has less than this left.
+const REFRESH_EXPIRY_WARNING_SECS: u64 = 14 * 86400;
 /// Token endpoint answers are small; anything bigger is not a grant.
 const MAX_GRANT_BYTES: usize = 1 << 20;
 
@@ -395,10 +397,15 @@ impl TokenManager {
         let (refresh_token, refresh_expires_at) = {
             let state = entry.lock();
             match grant.refresh_token {
+                Some(rotated) if entry.endpoint.refresh_expiry_carries_over() => (
+                    Some(rotated),
+                    earlier(state.refresh_expires_at, grant.refresh_expires_at),
+                ),
                 Some(rotated) => (Some(rotated), grant.refresh_expires_at),
                 None => (state.refresh_token.clone(), state.refresh_expires_at),
             }
         };
+        warn_if_refresh_runs_out(&entry.name, refresh_expires_at, now);
         if let Some(store) = &self.store {
             let stored = StoredProfile {
                 seed: entry.seed.clone(),
@@ -422,6 +429,30 @@ impl TokenManager {
         state.cooldown_until = None;
         state.last_error = None;
         Ok(access)
+    }
+}
+
+/// The earlier of two optional expiries (an unknown one does not count).
+fn earlier(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// A refresh token whose lifetime refreshing does not renew runs out: say so ahead of time,
+/// while the seller can still authorize again without an outage.
+fn warn_if_refresh_runs_out(profile: &str, refresh_expires_at: Option<u64>, now: u64) {
+    let Some(at) = refresh_expires_at else {
+        return;
+    };
+    let left = at.saturating_sub(now);
+    if left < REFRESH_EXPIRY_WARNING_SECS {
+        tracing::warn!(
+            profile = %profile,
+            refresh_token_expires_in_s = left,
+            "the refresh token expires soon and refreshing does not extend it: authorize the seller again and put the new refresh_token in the config"
+        );
     }
 }
 
@@ -461,5 +492,14 @@ mod tests {
             assert!((1012..=1015).contains(&short), "{short}");
         }
         assert_eq!(refresh_at(5, 5), 5);
+    }
+
+    #[test]
+    fn the_earlier_known_refresh_expiry_wins() {
+        assert_eq!(earlier(Some(5), Some(9)), Some(5));
+        assert_eq!(earlier(Some(9), Some(5)), Some(5));
+        assert_eq!(earlier(None, Some(5)), Some(5));
+        assert_eq!(earlier(Some(5), None), Some(5));
+        assert_eq!(earlier(None, None), None);
     }
 }

@@ -6,6 +6,7 @@
 //! - `verify`: `Verifier`, `verify_tiktok`, `verify_ebay`: signature checks written
 //!   independently of signproxy's signers.
 //! - `verify_shopee`: the Shopee Open Platform v2 verifier, apart from the signer.
+//! - `verify_iop`: the same for the IOP gateway (Lazada, AliExpress), from the spec.
 //! - `keys`: eBay test keys (RFC 9421 Ed25519, a fixed RSA key, fresh Ed25519) and PEM helpers.
 //! - `client`: reqwest and curl pointed at the proxy.
 //! - `readme`: README.md's fenced blocks, for tests that run its examples.
@@ -21,6 +22,7 @@ pub mod readme;
 pub mod received;
 pub mod upstream;
 pub mod verify;
+pub mod verify_iop;
 pub mod verify_shopee;
 
 pub use ca::{ring_provider, TestCa};

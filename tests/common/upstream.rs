@@ -33,6 +33,9 @@ pub const UPSTREAM_NAMES: &[&str] = &[
     "api.sandbox.ebay.com",
     "apiz.sandbox.ebay.com",
     "partner.shopeemobile.com",
+    "api.lazada.sg",
+    "auth.lazada.com",
+    "api-sg.aliexpress.com",
 ];
 
 /// A streamed response body: `total` bytes of [`pattern_bytes`] in `chunk`-sized frames.
