@@ -866,3 +866,41 @@ fn sign_reproduces_shopee_doc_base_strings_for_each_api_type() {
         );
     }
 }
+
+/// `signproxy sign` reproduces Lazada's official vector (secret `helloworld`, `/order/get` at
+/// 1517820392000 ms with `order_id=1234` and the token `test`), upper-case hex and all.
+#[test]
+fn sign_reproduces_the_lazada_official_vector() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("lazada.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[proxy]\nstate_dir = \"{}\"\n\n[lazada.default]\napp_key = \"123456\"\n\
+             app_secret = \"helloworld\"\naccess_token = \"test\"\n",
+            dir.path().join("state").display()
+        ),
+    )
+    .unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let out = signproxy(&[
+        "sign",
+        "--config",
+        config.to_str().unwrap(),
+        "--now",
+        "1517820392",
+        "GET",
+        "https://api.lazada.sg/rest/order/get?order_id=1234",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let s = stdout(&out);
+    assert!(
+        s.contains("sign=4190D32361CFB9581350222F345CB77F3B19F0E31D162316848A2C1FFD5FAB4A"),
+        "{s}"
+    );
+    assert!(s.contains("timestamp=1517820392000"), "{s}");
+}
