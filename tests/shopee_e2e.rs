@@ -331,6 +331,8 @@ async fn an_error_sign_answer_passes_through_and_is_counted() {
 struct Endpoint {
     /// Grants: the connection is closed without an answer (the answer is lost on the way).
     lose_answers: bool,
+    /// Grants: the answer rotates the refresh token but carries no access token.
+    half_answers: bool,
     /// API calls with one of these tokens get Shopee's invalid-token answer.
     rejected: Vec<String>,
     /// Every grant request's JSON body, in order.
@@ -365,6 +367,13 @@ impl World {
                 }
                 ep.grants += 1;
                 let n = ep.grants;
+                if ep.half_answers {
+                    let body = serde_json::json!({
+                        "request_id": format!("t{n}"), "error": "", "message": "",
+                        "refresh_token": format!("rt-{n}"), "expire_in": 14400,
+                    });
+                    return Some(Behaviour::json(200, &body.to_string()));
+                }
                 let body = serde_json::json!({
                     "request_id": format!("t{n}"), "error": "", "message": "",
                     "access_token": format!("at-{n}"), "refresh_token": format!("rt-{n}"),
@@ -588,6 +597,41 @@ async fn a_lost_refresh_answer_keeps_the_previous_pair_in_the_store() {
             .query_param("access_token")
             .as_deref(),
         Some("at-2")
+    );
+}
+
+/// An answer that rotates the refresh token but grants no usable access token: Shopee may have
+/// spent the refresh token sent, so the rotated one must reach the store, and the next refresh
+/// (here after a restart) must use it.
+#[tokio::test]
+async fn a_half_failed_refresh_keeps_the_rotated_refresh_token() {
+    let world = World::new();
+    let state = tempfile::tempdir().unwrap();
+    let first = world.proxy(state.path()).await;
+    assert_eq!(shop_info(&first, &world.ca).await.0, 200);
+    assert_eq!(stored(state.path())["refresh_token"], "rt-1");
+
+    world.reject("at-1");
+    world.endpoint.lock().unwrap().half_answers = true;
+    let (status, body) = shop_info(&first, &world.ca).await;
+    assert_eq!(status, 503, "{body}");
+    let last_grant = world.endpoint.lock().unwrap().grants;
+    assert!(last_grant >= 2);
+    assert_eq!(
+        stored(state.path())["refresh_token"],
+        format!("rt-{last_grant}"),
+        "the rotated refresh token is on disk"
+    );
+    first.stop().await;
+
+    world.endpoint.lock().unwrap().half_answers = false;
+    let second = world.proxy(state.path()).await;
+    let (status, body) = shop_info(&second, &world.ca).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        world.refresh_tokens_seen().last().cloned(),
+        Some(format!("rt-{last_grant}")),
+        "the next refresh uses the salvaged token"
     );
 }
 

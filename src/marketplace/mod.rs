@@ -330,6 +330,28 @@ pub trait TokenEndpoint: Send + Sync + fmt::Debug {
     fn refresh_expiry_carries_over(&self) -> bool {
         false
     }
+    /// How long before the access token's expiry to refresh it (the marketplace's advice; half
+    /// the token's lifetime when that is shorter).
+    fn refresh_margin_secs(&self) -> u64 {
+        300
+    }
+    /// A rotated refresh token in an answer that is otherwise no usable grant (no access token,
+    /// a token already expired): the old one may be spent by now, so this one must be kept.
+    /// Default: refresh tokens do not rotate.
+    fn salvage_refresh_token(&self, _body: &[u8]) -> Option<Secret> {
+        None
+    }
+}
+
+/// The non-empty string at `path` (object keys) in a JSON answer: where a marketplace's token
+/// answer puts its rotated refresh token, for [`TokenEndpoint::salvage_refresh_token`].
+pub fn json_secret_at(body: &[u8], path: &[&str]) -> Option<Secret> {
+    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let found = path.iter().try_fold(&value, |v, key| v.get(key))?;
+    found
+        .as_str()
+        .filter(|s| !s.is_empty())
+        .map(|s| Secret::new(s.to_owned()))
 }
 
 /// Where a profile's access token comes from. Never grows: a new marketplace brings a

@@ -20,8 +20,6 @@ use crate::secret::Secret;
 use crate::upstream::{BoxError, Upstream};
 use store::{StoredProfile, TokenStore};
 
-/// Refresh this long before expiry at most (less for short-lived tokens: half their lifetime).
-const REFRESH_MARGIN_SECS: u64 = 300;
 /// Up to this much extra, at random, so that many proxies do not refresh in the same second.
 const REFRESH_JITTER_SECS: u64 = 60;
 /// After a failed refresh, wait this long before the next attempt, doubling up to the maximum.
@@ -177,7 +175,11 @@ impl TokenManager {
                         state.access = Some(Access {
                             token: Secret::new(token),
                             expires_at,
-                            refresh_at: refresh_at(obtained, expires_at),
+                            refresh_at: refresh_at(
+                                obtained,
+                                expires_at,
+                                endpoint.refresh_margin_secs(),
+                            ),
                         });
                     }
                 }
@@ -378,21 +380,30 @@ impl TokenManager {
             .await
             .map_err(|e| format!("reading the token endpoint's answer failed: {e}"))?
             .to_bytes();
-        let grant = entry
-            .endpoint
-            .parse_grant(status, &body, now)
-            .map_err(|e| e.to_string())?;
+        let grant = match entry.endpoint.parse_grant(status, &body, now) {
+            Ok(grant) => grant,
+            Err(e) => {
+                if let Some(rotated) = entry.endpoint.salvage_refresh_token(&body) {
+                    self.keep_refresh_token(entry, rotated, None, now.secs());
+                }
+                return Err(e.to_string());
+            }
+        };
         let now = now.secs();
         if grant.expires_at <= now {
+            if let Some(rotated) = grant.refresh_token {
+                self.keep_refresh_token(entry, rotated, grant.refresh_expires_at, now);
+            }
             return Err(format!(
                 "the token endpoint granted a token that expired already (at {}, now {now}): check the machine's clock",
                 grant.expires_at
             ));
         }
+        let margin = entry.endpoint.refresh_margin_secs();
         let access = Access {
             token: grant.access_token.clone(),
             expires_at: grant.expires_at,
-            refresh_at: refresh_at(now, grant.expires_at),
+            refresh_at: refresh_at(now, grant.expires_at, margin),
         };
         let (refresh_token, refresh_expires_at) = {
             let state = entry.lock();
@@ -432,6 +443,49 @@ impl TokenManager {
     }
 }
 
+impl TokenManager {
+    /// A half-failed refresh (an answer with a rotated refresh token but no usable access token):
+    /// the refresh token sent may be spent already, so the new one replaces it, on disk first,
+    /// and the access token in hand (if any) stays.
+    fn keep_refresh_token(
+        &self,
+        entry: &Entry,
+        rotated: Secret,
+        expires_at: Option<u64>,
+        now: u64,
+    ) {
+        let mut state = entry.lock();
+        if state.refresh_token.as_ref() == Some(&rotated) {
+            return;
+        }
+        let refresh_expires_at = if entry.endpoint.refresh_expiry_carries_over() {
+            earlier(state.refresh_expires_at, expires_at)
+        } else {
+            expires_at
+        };
+        if let Some(store) = &self.store {
+            let access = state.access.as_ref().filter(|a| a.expires_at > now);
+            let stored = StoredProfile {
+                seed: entry.seed.clone(),
+                access_token: access.map(|a| a.token.expose().to_owned()),
+                expires_at: access.map(|a| a.expires_at),
+                obtained_at: Some(now),
+                refresh_token: Some(rotated.expose().to_owned()),
+                refresh_expires_at,
+            };
+            if let Err(e) = store.put(&entry.name, stored) {
+                tracing::error!(profile = %entry.name, error = %e, "could not persist the rotated refresh token; a restart would lose it");
+            }
+        }
+        tracing::warn!(
+            profile = %entry.name,
+            "the token endpoint rotated the refresh token in an answer without a usable access token: keeping the new refresh token"
+        );
+        state.refresh_token = Some(rotated);
+        state.refresh_expires_at = refresh_expires_at;
+    }
+}
+
 /// The earlier of two optional expiries (an unknown one does not count).
 fn earlier(a: Option<u64>, b: Option<u64>) -> Option<u64> {
     match (a, b) {
@@ -456,10 +510,11 @@ fn warn_if_refresh_runs_out(profile: &str, refresh_expires_at: Option<u64>, now:
     }
 }
 
-/// When to refresh a token obtained at `obtained` that expires at `expires_at`.
-fn refresh_at(obtained: u64, expires_at: u64) -> u64 {
+/// When to refresh a token obtained at `obtained` that expires at `expires_at`, `margin`
+/// seconds ahead (the marketplace's advice).
+fn refresh_at(obtained: u64, expires_at: u64, margin: u64) -> u64 {
     let lifetime = expires_at.saturating_sub(obtained);
-    let margin = (lifetime / 2).min(REFRESH_MARGIN_SECS);
+    let margin = (lifetime / 2).min(margin);
     let jitter_max = (lifetime / 10).min(REFRESH_JITTER_SECS);
     expires_at.saturating_sub(margin + random_below(jitter_max + 1))
 }
@@ -485,13 +540,16 @@ mod tests {
     fn refresh_happens_before_expiry_with_bounded_jitter() {
         for _ in 0..50 {
             // eBay: 2 h tokens refresh 5 to 6 minutes early.
-            let at = refresh_at(0, 7200);
+            let at = refresh_at(0, 7200, 300);
             assert!((7200 - 360..=7200 - 300).contains(&at), "{at}");
             // Short-lived tokens refresh after about half their life, never after expiry.
-            let short = refresh_at(1000, 1030);
+            let short = refresh_at(1000, 1030, 300);
             assert!((1012..=1015).contains(&short), "{short}");
         }
-        assert_eq!(refresh_at(5, 5), 5);
+        assert_eq!(refresh_at(5, 5, 300), 5);
+        // Shopee's ten minutes ahead of a 4 h token.
+        let shopee = refresh_at(0, 14_400, 600);
+        assert!((14_400 - 660..=14_400 - 600).contains(&shopee), "{shopee}");
     }
 
     #[test]

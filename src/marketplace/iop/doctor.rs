@@ -5,7 +5,7 @@
 use sha2::{Digest, Sha256};
 
 use super::multipart;
-use super::sign::{api_prefix, base_string, hmac_upper_hex, IopCredentials, TOKEN_NAMES};
+use super::sign::{api_prefix, base_string, hmac_upper_hex, masked, IopCredentials, SECRET_PARAMS};
 use super::TIMESTAMP_WINDOW_SECS;
 use crate::clock::Timestamp;
 use crate::marketplace::Diagnosis;
@@ -238,12 +238,12 @@ fn collect(head: &RequestHead, body: &[u8]) -> Vec<Param> {
     params
 }
 
-/// The access token's value, shown by name only.
+/// Tokens' and codes' values, shown by name only.
 fn mask_tokens(text: &str, params: &[(String, String)]) -> String {
     let mut out = text.to_owned();
     for (k, v) in params {
-        if TOKEN_NAMES.contains(&k.as_str()) && !v.is_empty() {
-            out = out.replace(&format!("{k}{v}"), &format!("{k}<access_token>"));
+        if SECRET_PARAMS.contains(&k.as_str()) && !v.is_empty() {
+            out = out.replace(&format!("{k}{v}"), &format!("{k}{}", masked(k)));
         }
     }
     out

@@ -74,6 +74,15 @@ impl TokenEndpoint for IopOAuth {
     fn is_expired_answer(&self, _status: StatusCode, body: &[u8]) -> bool {
         envelope_code(body).as_deref() == Some("IllegalAccessToken")
     }
+
+    /// Lazada's guide: refresh 30 minutes before expiry (tokens live days, so this is cheap).
+    fn refresh_margin_secs(&self) -> u64 {
+        1800
+    }
+
+    fn salvage_refresh_token(&self, body: &[u8]) -> Option<Secret> {
+        crate::marketplace::json_secret_at(body, &["refresh_token"])
+    }
 }
 
 /// `POST {url}?app_key&sign_method&timestamp&sign` with the body `refresh_token=…`, signed

@@ -23,6 +23,9 @@ const OWNED_PARAMS: [&str; 4] = ["app_key", "timestamp", "sign_method", "sign"];
 /// The names an access token travels under: `access_token`, or `session` as the 2022 Python
 /// SDK sends it. The proxy injects under the name the client used.
 pub const TOKEN_NAMES: [&str; 2] = ["access_token", "session"];
+/// Parameters whose values are secrets wherever they are shown (explanations, the doctor): the
+/// tokens, and what the token endpoints take (a refresh token, an authorization code).
+pub const SECRET_PARAMS: [&str; 4] = ["access_token", "session", "refresh_token", "code"];
 const DEFAULT_TOKEN_NAME: &str = "access_token";
 /// The token endpoints take no access token.
 const AUTH_PREFIX: &str = "/auth/token/";
@@ -328,10 +331,10 @@ fn sign(
     path_and_query.pop();
 
     let explanation = explain.then(|| {
-        // The access token is a secret: shown by name only.
+        // Tokens and codes are secrets: shown by name only.
         for pair in signed.iter_mut() {
-            if TOKEN_NAMES.contains(&pair.0) && !pair.1.is_empty() {
-                pair.1 = "<access_token>";
+            if SECRET_PARAMS.contains(&pair.0) && !pair.1.is_empty() {
+                pair.1 = masked(pair.0);
             }
         }
         let shown = base_string(prefix, &signed);
@@ -381,6 +384,15 @@ fn decode_component(raw: &str) -> Result<Cow<'_, str>, std::str::Utf8Error> {
             .map(|decoded| Cow::Owned(decoded.into_owned()))
     } else {
         percent_encoding::percent_decode_str(raw).decode_utf8()
+    }
+}
+
+/// How a secret parameter's value is shown: `<access_token>`, `<refresh_token>`, `<code>`.
+pub fn masked(name: &str) -> &'static str {
+    match name {
+        "refresh_token" => "<refresh_token>",
+        "code" => "<code>",
+        _ => "<access_token>",
     }
 }
 
@@ -875,6 +887,26 @@ pub(super) mod tests {
                 "s",
                 b"/auth/token/createapp_keykcodeCsign_methodsha256timestamp1"
             )
+        );
+        // What the token endpoints take is as secret as a token: named, never shown.
+        assert!(
+            auth.explanation.contains("code<code>"),
+            "{}",
+            auth.explanation
+        );
+        let refresh = run(
+            head(Method::POST, "/rest/auth/token/refresh", &form()),
+            b"refresh_token=RT_SECRET_VALUE",
+            &creds("s", "k"),
+            None,
+            1,
+        )
+        .unwrap();
+        assert!(
+            !refresh.explanation.contains("RT_SECRET_VALUE")
+                && refresh.explanation.contains("refresh_token<refresh_token>"),
+            "{}",
+            refresh.explanation
         );
         let c = creds("s", "k");
         assert_eq!(

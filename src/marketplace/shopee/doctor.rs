@@ -116,7 +116,28 @@ pub fn diagnose(
     }
     let key = creds.partner_key.expose();
     let expected = hmac_hex(key, expected_base.as_bytes());
-    let shown = |base: &str| mask(base, token.as_deref());
+    // The token endpoints' bodies carry a refresh token or an authorization code: a variant
+    // that shows the body or the refresh token in a base shows them by name only.
+    let body_secrets: Vec<(String, &str)> = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .map(|b| {
+            [("refresh_token", "<refresh_token>"), ("code", "<code>")]
+                .into_iter()
+                .filter_map(|(k, shown)| {
+                    b[k].as_str()
+                        .filter(|v| !v.is_empty())
+                        .map(|v| (v.to_owned(), shown))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let shown = |base: &str| {
+        body_secrets
+            .iter()
+            .fold(mask(base, token.as_deref()), |text, (value, name)| {
+                text.replace(value.as_str(), name)
+            })
+    };
     let ms = timestamp.len() >= 13 && timestamp.bytes().all(|b| b.is_ascii_digit());
     if user_sign == expected {
         if ms {
@@ -525,6 +546,13 @@ mod tests {
             ),
         );
         assert!(mistake(&c, &h, body.as_bytes()).contains("refresh token"));
+        // ...and the refresh token itself is shown by name only.
+        let d = check(&c, &h, body.as_bytes());
+        let shown = format!("{} {:?}", d.expected, d.signed);
+        assert!(
+            !shown.contains("rt-9") && shown.contains("<refresh_token>"),
+            "{shown}"
+        );
         let h = head(
             Method::POST,
             &format!(
@@ -533,6 +561,8 @@ mod tests {
             ),
         );
         assert!(mistake(&c, &h, body.as_bytes()).contains("body was appended"));
+        let d = check(&c, &h, body.as_bytes());
+        assert!(!format!("{:?}", d.signed).contains("rt-9"), "{d:?}");
 
         // A Merchant API signed with shop_id.
         let m = creds(Account::Merchant(1000000));

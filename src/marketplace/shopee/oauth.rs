@@ -97,6 +97,15 @@ impl TokenEndpoint for ShopeeOAuth {
     fn is_expired_answer(&self, _status: StatusCode, body: &[u8]) -> bool {
         token_expired(body)
     }
+
+    /// Shopee advises refreshing about ten minutes ahead of the 4 h expiry.
+    fn refresh_margin_secs(&self) -> u64 {
+        600
+    }
+
+    fn salvage_refresh_token(&self, body: &[u8]) -> Option<Secret> {
+        crate::marketplace::json_secret_at(body, &["refresh_token"])
+    }
 }
 
 /// `POST https://HOST/api/v2/auth/access_token/get?partner_id&timestamp&sign` (public sign) with

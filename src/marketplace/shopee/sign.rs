@@ -290,12 +290,10 @@ fn prepare(creds: &ShopeeCredentials, input: SignInput<'_>) -> Result<Prepared, 
         }
     }
     let api = classify(path, client_merchant.is_some(), creds.account);
-    // The proxy owns partner_id, timestamp and sign always, and the access token of Shop and
-    // Merchant calls (re-added below); shop_id/merchant_id stay where the client put them.
-    let owned = |key: &str| {
-        matches!(key, "partner_id" | "timestamp" | "sign")
-            || (key == "access_token" && api != ApiType::Public)
-    };
+    // The proxy owns partner_id, timestamp, sign and the access token (re-added below for Shop
+    // and Merchant calls; a Public API takes none, so a client's goes nowhere);
+    // shop_id/merchant_id stay where the client put them.
+    let owned = |key: &str| matches!(key, "partner_id" | "timestamp" | "sign" | "access_token");
     let mut path_and_query = String::with_capacity(original.path_and_query.len() + 200);
     path_and_query.push_str(path);
     path_and_query.push('?');
@@ -577,6 +575,20 @@ mod tests {
         }
         assert!(!is_public_path("/api/v2/shop/get_shop_info"));
         assert!(!is_public_path("/api/v2/shop/auth_partner_x"));
+        // A Public API takes no token: a client's goes nowhere.
+        let h = sign_with(
+            &creds(Account::Shop(SHOP)),
+            &head(
+                Method::GET,
+                "/api/v2/public/get_shops_by_partner?access_token=CLIENT_AT&page_size=10",
+            ),
+            b"",
+            None,
+            TS,
+        )
+        .unwrap();
+        assert!(param(&h, "access_token").is_empty(), "{}", h.path_and_query);
+        assert_eq!(sign_of(&h), reference(KEY.as_bytes(), DOC_PUBLIC));
     }
 
     /// Each mistake of the spec's list gives another sign than the proxy's.

@@ -57,6 +57,10 @@ impl TokenEndpoint for TiktokOAuth {
     fn is_expired_answer(&self, _status: StatusCode, body: &[u8]) -> bool {
         tiktok_token_expired(body)
     }
+
+    fn salvage_refresh_token(&self, body: &[u8]) -> Option<Secret> {
+        crate::marketplace::json_secret_at(body, &["data", "refresh_token"])
+    }
 }
 
 /// `GET .../token/refresh?app_key&app_secret&refresh_token&grant_type=refresh_token`. The URL
@@ -185,6 +189,25 @@ mod tests {
             parse_tiktok_grant(502, b"<html>"),
             Err(GrantError::Malformed { status: 502, .. })
         ));
+    }
+
+    #[test]
+    fn a_rotated_refresh_token_is_found_in_an_otherwise_unusable_answer() {
+        let o = TiktokOAuth {
+            app_key: "k".into(),
+            app_secret: Secret::new("s"),
+            refresh_token: Secret::new("rt"),
+        };
+        let half = br#"{"code":0,"data":{"access_token":"","refresh_token":"TTP_rt9"}}"#;
+        assert!(parse_tiktok_grant(200, half).is_err());
+        assert_eq!(
+            o.salvage_refresh_token(half).map(|t| t.expose().to_owned()),
+            Some("TTP_rt9".to_owned())
+        );
+        assert!(o
+            .salvage_refresh_token(br#"{"code":0,"data":{"refresh_token":""}}"#)
+            .is_none());
+        assert!(o.salvage_refresh_token(b"<html>").is_none());
     }
 
     #[test]
