@@ -102,6 +102,27 @@ impl<'a> ProfileContext<'a> {
         }
     }
 
+    /// A profile's token: `access_token` (static) or `refresh_token` (managed, through the
+    /// endpoint `managed` makes of the refresh token), not both; neither is none.
+    pub fn token_source(
+        &self,
+        access_token: Option<SecretRef>,
+        refresh_token: Option<SecretRef>,
+        managed: impl FnOnce(Secret) -> Arc<dyn TokenEndpoint>,
+    ) -> Result<TokenSource, ProfileError> {
+        match (access_token, refresh_token) {
+            (Some(_), Some(_)) => Err(ProfileError::new(
+                "refresh_token",
+                "set either access_token (a static token) or refresh_token (signproxy obtains and refreshes access tokens), not both",
+            )),
+            (Some(r), None) => Ok(TokenSource::Static(self.secret("access_token", &r)?)),
+            (None, Some(r)) => Ok(TokenSource::Managed(managed(
+                self.secret("refresh_token", &r)?,
+            ))),
+            (None, None) => Ok(TokenSource::None),
+        }
+    }
+
     /// The secret `source` names, for the table's `key`.
     pub fn secret(&self, key: &str, source: &SecretRef) -> Result<Secret, ProfileError> {
         (self.resolve)(key, source)

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
-use super::{ProfileContext, ProfileError, ProfileParts, TokenSource};
+use super::{ProfileContext, ProfileError, ProfileParts};
 use crate::secret::SecretRef;
 use oauth::IopOAuth;
 use sandbox::IopStandIn;
@@ -76,22 +76,14 @@ pub fn profile(
         app_key: raw.app_key,
         app_secret: cx.secret("app_secret", &raw.app_secret)?,
     };
-    let token = match (raw.access_token, raw.refresh_token) {
-        (Some(_), Some(_)) => {
-            return Err(ProfileError::new(
-                "refresh_token",
-                "set either access_token (a static token) or refresh_token (signproxy obtains and refreshes access tokens), not both",
-            ))
-        }
-        (Some(r), None) => TokenSource::Static(cx.secret("access_token", &r)?),
-        (None, Some(r)) => TokenSource::Managed(Arc::new(IopOAuth {
+    let token = cx.token_source(raw.access_token, raw.refresh_token, |refresh_token| {
+        Arc::new(IopOAuth {
             policy,
             app_key: creds.app_key.clone(),
             app_secret: creds.app_secret.clone(),
-            refresh_token: cx.secret("refresh_token", &r)?,
-        })),
-        (None, None) => TokenSource::None,
-    };
+            refresh_token,
+        })
+    })?;
     Ok(ProfileParts {
         hosts: raw
             .hosts
@@ -109,7 +101,7 @@ pub fn profile(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::marketplace::SandboxRequest;
+    use crate::marketplace::{SandboxRequest, TokenSource};
     use crate::secret::Secret;
 
     fn build(text: &str) -> Result<ProfileParts, ProfileError> {

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
-use super::{Marketplace, ProfileContext, ProfileError, ProfileParts, TokenSource};
+use super::{Marketplace, ProfileContext, ProfileError, ProfileParts};
 use crate::secret::SecretRef;
 use oauth::ShopeeOAuth;
 use sandbox::ShopeeStandIn;
@@ -114,29 +114,22 @@ impl Marketplace for Shopee {
             partner_key,
             account,
         };
-        let token = match (raw.access_token, raw.refresh_token) {
-            (Some(_), Some(_)) => {
-                return Err(ProfileError::new(
-                    "refresh_token",
-                    "set either access_token (a static token) or refresh_token (signproxy obtains and refreshes access tokens), not both",
-                ))
-            }
-            (Some(_), None) | (None, Some(_)) if account == Account::None => {
-                return Err(ProfileError::new(
-                    "shop_id",
-                    "is missing: Shopee issues access and refresh tokens per shop_id or merchant_id, so a profile with a token needs the one it belongs to (without either, the profile signs Public APIs only)",
-                ))
-            }
-            (Some(r), None) => TokenSource::Static(cx.secret("access_token", &r)?),
-            (None, Some(r)) => TokenSource::Managed(Arc::new(ShopeeOAuth {
+        // One token (two is the seam's error) belongs to one shop or merchant.
+        if raw.access_token.is_some() != raw.refresh_token.is_some() && account == Account::None {
+            return Err(ProfileError::new(
+                "shop_id",
+                "is missing: Shopee issues access and refresh tokens per shop_id or merchant_id, so a profile with a token needs the one it belongs to (without either, the profile signs Public APIs only)",
+            ));
+        }
+        let token = cx.token_source(raw.access_token, raw.refresh_token, |refresh_token| {
+            Arc::new(ShopeeOAuth {
                 partner_id: creds.partner_id,
                 partner_key: creds.partner_key.clone(),
                 account,
-                refresh_token: cx.secret("refresh_token", &r)?,
+                refresh_token,
                 host: token_host.clone(),
-            })),
-            (None, None) => TokenSource::None,
-        };
+            })
+        })?;
         Ok(ProfileParts {
             hosts,
             stand_in: Arc::new(ShopeeStandIn {

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
-use super::{Marketplace, ProfileContext, ProfileError, ProfileParts, TokenSource};
+use super::{Marketplace, ProfileContext, ProfileError, ProfileParts};
 use crate::secret::SecretRef;
 use oauth::TiktokOAuth;
 use sandbox::TiktokStandIn;
@@ -65,21 +65,13 @@ impl Marketplace for Tiktok {
             app_secret: cx.secret("app_secret", &raw.app_secret)?,
             shop_cipher: raw.shop_cipher.filter(|c| !c.is_empty()),
         };
-        let token = match (raw.access_token, raw.refresh_token) {
-            (Some(_), Some(_)) => {
-                return Err(ProfileError::new(
-                    "refresh_token",
-                    "set either access_token (a static token) or refresh_token (signproxy obtains and refreshes access tokens), not both",
-                ))
-            }
-            (Some(r), None) => TokenSource::Static(cx.secret("access_token", &r)?),
-            (None, Some(r)) => TokenSource::Managed(Arc::new(TiktokOAuth {
+        let token = cx.token_source(raw.access_token, raw.refresh_token, |refresh_token| {
+            Arc::new(TiktokOAuth {
                 app_key: creds.app_key.clone(),
                 app_secret: creds.app_secret.clone(),
-                refresh_token: cx.secret("refresh_token", &r)?,
-            })),
-            (None, None) => TokenSource::None,
-        };
+                refresh_token,
+            })
+        })?;
         Ok(ProfileParts {
             hosts: raw
                 .hosts
