@@ -843,3 +843,82 @@ pub fn addr_classify(data: &[u8]) {
     let refused = everything.check(addr).unwrap_err();
     assert_eq!(refused.class, AddrClass::ProxyItself, "{ip}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Every marketplace, through the seam
+
+/// The shipped example's profiles: one per marketplace, with its demo credentials.
+fn example_profiles() -> &'static [Arc<crate::config::Profile>] {
+    static PROFILES: OnceLock<Vec<Arc<crate::config::Profile>>> = OnceLock::new();
+    PROFILES.get_or_init(|| {
+        let text = include_str!("../config/signproxy.example.toml");
+        Config::from_toml_str(text, Path::new(NOWHERE))
+            .map(|c| c.profiles.clone())
+            .unwrap_or_else(|e| panic!("the shipped example config no longer parses: {e}"))
+    })
+}
+
+/// One HTTP-like request through every marketplace's signer, explanation, doctor and answer
+/// checks, as the example config's profiles: nothing panics; the same input signs the same; a
+/// signed head keeps the request's path; and the access token handed to the signer never shows
+/// in an explanation or an error.
+pub fn every_marketplace(data: &[u8]) {
+    const TOKEN: &str = "FUZZ-ACCESS-TOKEN-7f3a9c";
+    let msg = Message::parse(data);
+    let token = Secret::new(TOKEN);
+    let now = msg.now();
+    let body = msg.body;
+    for profile in example_profiles() {
+        let host = profile
+            .hosts
+            .first()
+            .map(|h| h.to_string())
+            .unwrap_or_default();
+        let mut head = msg.head(host);
+        // As `prepare_head` hands every head to a signer: the path starts with `/`.
+        if !head.path_and_query.starts_with('/') {
+            head.path_and_query.insert(0, '/');
+        }
+        let input = SignInput {
+            head: &head,
+            body,
+            access_token: Some(&token),
+            now: Timestamp::from_secs(now),
+        };
+        let signer = profile.signer.as_ref();
+        let _ = signer.token_need(&head);
+        let first = crate::marketplace::sign_explained(signer, input);
+        let again = crate::marketplace::sign_explained(signer, input);
+        assert_eq!(
+            outcome(&first),
+            outcome(&again),
+            "{}: signing is deterministic",
+            profile.qualified_name()
+        );
+        match &first {
+            Ok(signed) => {
+                let (before, _) = split_path_query(&head.path_and_query);
+                let (after, _) = split_path_query(&signed.head.path_and_query);
+                assert_eq!(
+                    after,
+                    before,
+                    "{}: the path is kept",
+                    profile.qualified_name()
+                );
+                assert!(
+                    !signed.explanation.contains(TOKEN),
+                    "{}: the explanation shows the access token",
+                    profile.qualified_name()
+                );
+            }
+            Err(e) => assert!(
+                !format!("{e}{e:?}").contains(TOKEN),
+                "{}: an error shows the access token",
+                profile.qualified_name()
+            ),
+        }
+        let _ = signer.diagnose(&head, body, Timestamp::from_secs(now));
+        let _ = signer.rejection(http::StatusCode::OK, body);
+        let _ = profile.token.is_expired_answer(http::StatusCode::OK, body);
+    }
+}

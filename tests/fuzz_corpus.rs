@@ -60,3 +60,8 @@ fn request_target() {
 fn addr_classify() {
     replay("addr_classify", fuzzing::addr_classify);
 }
+
+#[test]
+fn every_marketplace() {
+    replay("every_marketplace", fuzzing::every_marketplace);
+}

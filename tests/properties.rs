@@ -377,3 +377,58 @@ proptest! {
         prop_assert_eq!(digest, expected);
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// (d) every marketplace of the example config, through the fuzz entry point
+
+prop_compose! {
+    /// An HTTP-like request aimed at the paths the marketplaces treat apart, with the bodies
+    /// they parse (forms, multipart with a boundary, JSON) and arbitrary bytes besides.
+    fn marketplace_request()(
+        method in prop::sample::select(vec!["GET", "POST", "PUT", "DELETE", "HEAD", "PATCH"]),
+        prefix in prop::sample::select(vec![
+            "/rest/", "/rest/auth/token/", "/sync", "/api/v2/shop/", "/api/v2/public/",
+            "/api/v2/auth/", "/order/202309/", "/sell/finances/v1/", "/", "",
+        ]),
+        tail in "[a-z_/%+.0-9]{0,16}",
+        query in prop::option::of("[a-z_=&%+0-9A-F]{0,40}"),
+        content_type in prop::sample::select(vec![
+            "", "application/x-www-form-urlencoded", "multipart/form-data; boundary=b",
+            "multipart/form-data", "application/json",
+        ]),
+        body in prop::sample::select(vec![
+            "".to_owned(),
+            "a=1&b=%ZZ&c=+&=x&sign=1".to_owned(),
+            "--b\r\ncontent-disposition: form-data; name=\"x\"\r\n\r\nv\r\n--b--\r\n".to_owned(),
+            "--b\r\ncontent-disposition: form-data; name=\"f\"; filename=\"a\"\r\n\r\n\u{ff}\r\n--b".to_owned(),
+            "{\"refresh_token\":\"r\",\"code\":\"c\"}".to_owned(),
+        ]),
+        noise in prop::collection::vec(any::<u8>(), 0..24),
+        now in prop::option::of(any::<u64>()),
+    ) -> Vec<u8> {
+        let mut text = format!("{method} {prefix}{tail}");
+        if let Some(q) = query {
+            text.push('?');
+            text.push_str(&q);
+        }
+        text.push('\n');
+        if !content_type.is_empty() {
+            text.push_str(&format!("content-type: {content_type}\n"));
+        }
+        if let Some(now) = now {
+            text.push_str(&format!("x-fuzz-now: {now}\n"));
+        }
+        text.push('\n');
+        text.push_str(&body);
+        let mut bytes = text.into_bytes();
+        bytes.extend(noise);
+        bytes
+    }
+}
+
+proptest! {
+    #[test]
+    fn every_marketplace_signs_without_panicking_or_showing_the_token(data in marketplace_request()) {
+        signproxy::fuzzing::every_marketplace(&data);
+    }
+}
