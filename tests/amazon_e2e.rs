@@ -510,3 +510,17 @@ async fn the_test_upstream_refuses_a_plain_lwa_token_on_a_restricted_path() {
         .unwrap();
     assert_eq!(resp.status(), 200);
 }
+
+#[test]
+fn the_readme_amazon_profiles_are_valid_config() {
+    let blocks = common::readme::fenced_blocks(&common::readme::readme(), "toml amazon");
+    assert_eq!(blocks.len(), 1);
+    std::env::set_var("AMAZON_CLIENT_SECRET", "readme-amazon-secret");
+    std::env::set_var("AMAZON_REFRESH_TOKEN", "Atzr|readme-amazon-rt");
+    let dir = tempfile::tempdir().unwrap();
+    let config = signproxy::config::Config::from_toml_str(&blocks[0], dir.path())
+        .unwrap_or_else(|e| panic!("README Amazon block: {e}"));
+    let names: Vec<String> = config.profiles.iter().map(|p| p.qualified_name()).collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert!(names.contains(&"amazon.grantless".to_owned()), "{names:?}");
+}
