@@ -227,7 +227,7 @@ async fn readme_marketplace_examples_get_verified_answers_from_the_sandbox() {
             .filter(|c| c.starts_with("curl "))
             .collect();
         // The quickstart's call, then one per marketplace of the example config.
-        assert_eq!(lines.len(), 6, "{lines:?}");
+        assert_eq!(lines.len(), 7, "{lines:?}");
         let expire = sh
             .iter()
             .find(|b| b.contains("/signproxy-sandbox/expire-tokens"))
