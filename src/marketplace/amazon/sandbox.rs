@@ -89,7 +89,7 @@ impl AmazonStandIn {
                 }
             }
             Some("client_credentials") => {
-                if field("scope").is_none_or(|s| !s.starts_with("sellingpartnerapi::")) {
+                if !field("scope").is_some_and(|s| s.starts_with("sellingpartnerapi::")) {
                     return lwa_error(
                         StatusCode::BAD_REQUEST,
                         "invalid_scope",
