@@ -364,6 +364,23 @@ async fn rdts_are_reused_until_five_minutes_before_expiry_then_minted_again() {
             "Atz.sprdt|rdt-3"
         ]
     );
+    // The same operation in another region: minted by, and cached for, that host.
+    let eu = "sellingpartnerapi-eu.amazon.com";
+    let url = format!("http://{eu}/orders/v0/orders?MarketplaceIds=A1PA6795UKMFR9");
+    assert_eq!(get(&client, &url, &[]).await.status(), 200);
+    assert_eq!(
+        amazon.sim().mints.len(),
+        4,
+        "an RDT serves the host that minted it"
+    );
+    let minted_by = amazon
+        .upstream
+        .requests()
+        .into_iter()
+        .filter(|r| r.path() == RDT_PATH)
+        .map(|r| r.host_name().unwrap())
+        .collect::<Vec<_>>();
+    assert_eq!(minted_by.last().map(String::as_str), Some(eu));
     proxy.stop().await;
 }
 
@@ -523,4 +540,47 @@ fn the_readme_amazon_profiles_are_valid_config() {
     let names: Vec<String> = config.profiles.iter().map(|p| p.qualified_name()).collect();
     assert_eq!(names.len(), 2, "{names:?}");
     assert!(names.contains(&"amazon.grantless".to_owned()), "{names:?}");
+}
+
+#[test]
+fn doctor_names_a_plain_lwa_token_on_a_restricted_path_and_the_wrong_region() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_signproxy"))
+        .args([
+            "doctor",
+            "--config",
+            "config/signproxy.example.toml",
+            "GET",
+            "https://sellingpartnerapi-na.amazon.com/orders/v0/orders/902-1/address?MarketplaceIds=A1PA6795UKMFR9",
+            "-H",
+            "x-amz-access-token: Atza|doctor-secret-token",
+            "-H",
+            "authorization: AWS4-HMAC-SHA256 Credential=AKIA/x, SignedHeaders=host, Signature=00",
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("plain LWA token on a restricted operation"),
+        "{text}"
+    );
+    assert!(text.contains("sellingpartnerapi-eu.amazon.com"), "{text}");
+    assert!(text.contains("SigV4"), "{text}");
+    assert!(!text.contains("doctor-secret-token"), "{text}");
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_signproxy"))
+        .args([
+            "doctor",
+            "--config",
+            "config/signproxy.example.toml",
+            "GET",
+            "https://sellingpartnerapi-na.amazon.com/sellers/v1/marketplaceParticipations",
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("no x-amz-access-token"), "{text}");
 }

@@ -69,8 +69,8 @@ struct Entry {
     state: Mutex<EntryState>,
     /// Serializes refreshes: concurrent requests wait for the one in flight.
     refreshing: tokio::sync::Mutex<()>,
-    /// Restricted tokens by [`RestrictedResource::cache_key`], in memory only (they live an
-    /// hour). Each slot's lock makes one mint per key at a time.
+    /// Restricted tokens by API host and [`RestrictedResource::cache_key`], in memory only (they
+    /// live an hour). Each slot's lock makes one mint per key at a time.
     restricted: Mutex<HashMap<String, RestrictedSlot>>,
 }
 
@@ -296,7 +296,7 @@ impl TokenManager {
         now: Timestamp,
     ) -> Result<Secret, TokenError> {
         let entry = self.entry(profile)?;
-        let slot = entry.restricted_slot(&resource.cache_key(), now);
+        let slot = entry.restricted_slot(&restricted_key(authority, resource), now);
         let mut held = slot.lock().await;
         if let Some(access) = held.as_ref().filter(|a| now.secs() < a.refresh_at) {
             return Ok(access.token.clone());
@@ -317,7 +317,7 @@ impl TokenManager {
         now: Timestamp,
     ) -> Result<Secret, TokenError> {
         let entry = self.entry(profile)?;
-        let slot = entry.restricted_slot(&resource.cache_key(), now);
+        let slot = entry.restricted_slot(&restricted_key(authority, resource), now);
         let mut held = slot.lock().await;
         if let Some(access) = held
             .as_ref()
@@ -627,6 +627,11 @@ impl TokenManager {
         state.refresh_token = Some(rotated);
         state.refresh_expires_at = refresh_expires_at;
     }
+}
+
+/// A restricted token is minted by one API host (one region) and only good there.
+fn restricted_key(authority: &str, resource: &RestrictedResource) -> String {
+    format!("{authority} {}", resource.cache_key())
 }
 
 /// The earlier of two optional expiries (an unknown one does not count).

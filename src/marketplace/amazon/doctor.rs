@@ -165,10 +165,17 @@ pub fn diagnose(signer: &AmazonSigner, head: &RequestHead) -> Diagnosis {
             signed: None,
             notes,
         },
-        Some((text, mistake)) => Diagnosis {
-            mistake,
-            ..Diagnosis::invalid(text, expected, notes)
-        },
+        // The mistake goes in the verdict too: the one line every output shows.
+        Some((text, mistake)) => {
+            let verdict = match &mistake {
+                Some(m) => format!("{text}: {m}"),
+                None => text.to_owned(),
+            };
+            Diagnosis {
+                mistake,
+                ..Diagnosis::invalid(&verdict, expected, notes)
+            }
+        }
     }
 }
 
