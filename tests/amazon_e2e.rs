@@ -584,3 +584,24 @@ fn doctor_names_a_plain_lwa_token_on_a_restricted_path_and_the_wrong_region() {
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(text.contains("no x-amz-access-token"), "{text}");
 }
+
+#[tokio::test]
+async fn a_malformed_data_elements_header_is_a_400_before_any_token_is_fetched() {
+    let amazon = Amazon::start();
+    let proxy = amazon.proxy("").await;
+    let client = reqwest_via_proxy(proxy.addr, &amazon.ca.ca_pem());
+    let resp = get(
+        &client,
+        &format!("http://{HOST}/orders/v0/orders"),
+        &[("x-signproxy-data-elements", "buyer info")],
+    )
+    .await;
+    assert_eq!(resp.status(), 400);
+    assert_eq!(resp.headers()["x-signproxy-error"], "bad_request");
+    assert!(resp.text().await.unwrap().contains("buyer info"));
+    assert!(
+        amazon.upstream.requests().is_empty(),
+        "no LWA grant, no mint, no API call"
+    );
+    proxy.stop().await;
+}

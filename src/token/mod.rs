@@ -98,15 +98,8 @@ impl Entry {
     /// The cache slot for a restricted token, made on first use.
     fn restricted_slot(&self, key: &str, now: Timestamp) -> RestrictedSlot {
         let mut slots = self.restricted.lock().unwrap_or_else(|p| p.into_inner());
-        if !slots.contains_key(key) && slots.len() >= RESTRICTED_CACHE_MAX {
-            // A slot in use (locked) stays: its request holds it anyway.
-            slots.retain(|_, slot| match slot.try_lock() {
-                Ok(held) => held.as_ref().is_some_and(|a| now.secs() < a.expires_at),
-                Err(_) => true,
-            });
-            if slots.len() >= RESTRICTED_CACHE_MAX {
-                slots.retain(|_, slot| slot.try_lock().is_err());
-            }
+        if !slots.contains_key(key) {
+            make_room(&mut slots, RESTRICTED_CACHE_MAX, now);
         }
         Arc::clone(slots.entry(key.to_owned()).or_default())
     }
@@ -629,6 +622,21 @@ impl TokenManager {
     }
 }
 
+/// Below `max` slots: drops the expired ones, then (if that is not enough) every idle one. A
+/// slot in use (locked) stays: its request holds it anyway.
+fn make_room(slots: &mut HashMap<String, RestrictedSlot>, max: usize, now: Timestamp) {
+    if slots.len() < max {
+        return;
+    }
+    slots.retain(|_, slot| match slot.try_lock() {
+        Ok(held) => held.as_ref().is_some_and(|a| now.secs() < a.expires_at),
+        Err(_) => true,
+    });
+    if slots.len() >= max {
+        slots.retain(|_, slot| slot.try_lock().is_err());
+    }
+}
+
 /// A restricted token is minted by one API host (one region) and only good there.
 fn restricted_key(authority: &str, resource: &RestrictedResource) -> String {
     format!("{authority} {}", resource.cache_key())
@@ -698,6 +706,35 @@ mod tests {
         // Shopee's ten minutes ahead of a 4 h token.
         let shopee = refresh_at(0, 14_400, 600);
         assert!((14_400 - 660..=14_400 - 600).contains(&shopee), "{shopee}");
+    }
+
+    #[test]
+    fn a_full_restricted_cache_drops_expired_then_idle_tokens_never_one_in_use() {
+        let slot = |expires_at: Option<u64>| -> RestrictedSlot {
+            Arc::new(tokio::sync::Mutex::new(expires_at.map(|expires_at| {
+                Access {
+                    token: Secret::new("t"),
+                    expires_at,
+                    refresh_at: expires_at,
+                }
+            })))
+        };
+        let now = Timestamp::from_secs(100);
+        let mut slots: HashMap<String, RestrictedSlot> = HashMap::new();
+        slots.insert("expired".into(), slot(Some(50)));
+        slots.insert("valid".into(), slot(Some(500)));
+        make_room(&mut slots, 3, now);
+        assert_eq!(slots.len(), 2, "not full: nothing dropped");
+        slots.insert("empty".into(), slot(None));
+        make_room(&mut slots, 3, now);
+        assert_eq!(slots.keys().collect::<Vec<_>>(), ["valid"]);
+
+        slots.insert("busy".into(), slot(None));
+        slots.insert("other".into(), slot(Some(500)));
+        let busy = Arc::clone(&slots["busy"]);
+        let _held = busy.try_lock().unwrap();
+        make_room(&mut slots, 2, now);
+        assert_eq!(slots.keys().collect::<Vec<_>>(), ["busy"]);
     }
 
     #[test]

@@ -368,8 +368,10 @@ impl Sign for AmazonSigner {
         }
         match self.restricted_resource(head) {
             Ok(Some(resource)) => TokenNeed::Restricted(resource),
-            // A bad data-elements header: `sign` refuses the request with the reason.
-            Ok(None) | Err(_) => TokenNeed::AccessToken,
+            Ok(None) => TokenNeed::AccessToken,
+            // A bad data-elements header: `sign` refuses the request with the reason, so no
+            // token is fetched for it.
+            Err(_) => TokenNeed::None,
         }
     }
 
