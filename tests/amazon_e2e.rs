@@ -91,8 +91,13 @@ impl Amazon {
     }
 
     async fn proxy(&self, extra: &str) -> ProxyHarness {
+        self.proxy_with(&format!("refresh_token = \"{REFRESH_TOKEN}\"\n{extra}"))
+            .await
+    }
+
+    async fn proxy_with(&self, grant: &str) -> ProxyHarness {
         let profile = format!(
-            "[amazon.default]\nclient_id = \"{CLIENT_ID}\"\nclient_secret = \"{CLIENT_SECRET}\"\nrefresh_token = \"{REFRESH_TOKEN}\"\n{extra}"
+            "[amazon.default]\nclient_id = \"{CLIENT_ID}\"\nclient_secret = \"{CLIENT_SECRET}\"\n{grant}"
         );
         let shared: SharedClock = self.clock.clone();
         ProxyHarness::start_with_clock(
@@ -128,9 +133,13 @@ fn answer(sim: &mut Sim, now: u64, r: &Received) -> Option<Behaviour> {
             r.header_str("content-type"),
             Some("application/x-www-form-urlencoded;charset=UTF-8")
         );
+        let grantless = field("grant_type") == Some("client_credentials")
+            && field("scope") == Some("sellingpartnerapi::notifications")
+            && field("refresh_token").is_none();
+        let seller = field("grant_type") == Some("refresh_token")
+            && field("refresh_token") == Some(REFRESH_TOKEN);
         if r.path() != "/auth/o2/token"
-            || field("grant_type") != Some("refresh_token")
-            || field("refresh_token") != Some(REFRESH_TOKEN)
+            || !(grantless || seller)
             || field("client_id") != Some(CLIENT_ID)
             || field("client_secret") != Some(CLIENT_SECRET)
         {
@@ -140,7 +149,10 @@ fn answer(sim: &mut Sim, now: u64, r: &Received) -> Option<Behaviour> {
             ));
         }
         sim.grants += 1;
-        let token = format!("Atza|lwa-{}", sim.grants);
+        let token = match grantless {
+            true => format!("Atc|grantless-{}", sim.grants),
+            false => format!("Atza|lwa-{}", sim.grants),
+        };
         sim.lwa.insert(token.clone(), now + LIFETIME);
         return Some(Behaviour::json(
             200,
@@ -257,6 +269,12 @@ async fn absolute_form_gets_the_lwa_token_and_sigv4_leftovers_are_removed() {
         amazon.sim().mints.is_empty(),
         "no RDT for an unrestricted path"
     );
+    // The LWA token is persisted like the other marketplaces' tokens.
+    let stored = std::fs::read_to_string(proxy.dir.path().join("state/tokens.json")).unwrap();
+    assert!(
+        stored.contains("amazon.default") && stored.contains("Atza|lwa-1"),
+        "{stored}"
+    );
     proxy.stop().await;
 }
 
@@ -318,6 +336,11 @@ async fn a_restricted_operation_over_connect_gets_an_rdt_for_its_exact_path() {
         .iter()
         .all(|r| !r.has_header("x-signproxy-data-elements")));
     assert_eq!(amazon.sim().grants, 1, "one LWA token serves every mint");
+    let stored = std::fs::read_to_string(proxy.dir.path().join("state/tokens.json")).unwrap();
+    assert!(
+        !stored.contains("Atz.sprdt"),
+        "RDTs live in memory only: {stored}"
+    );
     proxy.stop().await;
 }
 
@@ -603,5 +626,32 @@ async fn a_malformed_data_elements_header_is_a_400_before_any_token_is_fetched()
         amazon.upstream.requests().is_empty(),
         "no LWA grant, no mint, no API call"
     );
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn a_grantless_profile_gets_client_credentials_tokens_and_never_mints() {
+    let amazon = Amazon::start();
+    let proxy = amazon
+        .proxy_with("scopes = [\"sellingpartnerapi::notifications\"]\n")
+        .await;
+    let client = reqwest_via_proxy(proxy.addr, &amazon.ca.ca_pem());
+    let resp = get(
+        &client,
+        &format!("http://{HOST}/notifications/v1/destinations"),
+        &[],
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    let calls = amazon.api_calls();
+    assert_eq!(
+        calls[0].header_str("x-amz-access-token"),
+        Some("Atc|grantless-1")
+    );
+    // A restricted path through a grantless profile: no RDT can be had, Amazon's 403 comes back.
+    let resp = get(&client, &format!("http://{HOST}/orders/v0/orders"), &[]).await;
+    assert_eq!(resp.status(), 403);
+    assert!(amazon.sim().mints.is_empty());
+    assert_eq!(amazon.sim().grants, 1);
     proxy.stop().await;
 }
