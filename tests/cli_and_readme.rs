@@ -126,6 +126,8 @@ fn readme_config_reference_block_is_valid_config() {
     std::env::set_var("LAZADA_REFRESH_TOKEN", "readme-lazada-rt");
     std::env::set_var("ALIEXPRESS_APP_SECRET", "readme-aliexpress-secret");
     std::env::set_var("ALIEXPRESS_ACCESS_TOKEN", "readme-aliexpress-token");
+    std::env::set_var("AMAZON_CLIENT_SECRET", "readme-amazon-secret");
+    std::env::set_var("AMAZON_REFRESH_TOKEN", "Atzr|readme-amazon-rt");
     let config = signproxy::config::Config::from_toml_str(&block, dir.path())
         .unwrap_or_else(|e| panic!("README config block: {e}"));
     // One profile per marketplace.
@@ -225,7 +227,7 @@ async fn readme_marketplace_examples_get_verified_answers_from_the_sandbox() {
             .filter(|c| c.starts_with("curl "))
             .collect();
         // The quickstart's call, then one per marketplace of the example config.
-        assert_eq!(lines.len(), 6, "{lines:?}");
+        assert_eq!(lines.len(), 7, "{lines:?}");
         let expire = sh
             .iter()
             .find(|b| b.contains("/signproxy-sandbox/expire-tokens"))

@@ -700,3 +700,48 @@ async fn iop_marketplaces_get_verified_answers_and_rotating_tokens() {
     );
     assert_eq!(network.connections_accepted(), 0, "the sandbox dialled out");
 }
+
+#[tokio::test]
+async fn amazon_gets_lwa_tokens_and_rdts_from_the_stand_in_in_both_modes() {
+    const AMAZON: &str = "sellingpartnerapi-na.amazon.com";
+    let clock = ManualClock::new(Timestamp::from_secs(1_800_000_000));
+    let world = World::start(3600, clock.clone()).await;
+    assert!(example_in_sandbox(3600).contains("[amazon.default]"));
+    let client = world.client();
+    for scheme in ["http", "https"] {
+        let (status, marker, answer) = call(
+            &client,
+            reqwest::Method::GET,
+            &format!("{scheme}://{AMAZON}/sellers/v1/marketplaceParticipations"),
+            None,
+        )
+        .await;
+        assert_eq!((status, marker.as_deref()), (200, Some("1")), "{answer}");
+        assert_eq!(answer["payload"][0]["marketplace"]["id"], "ATVPDKIKX0DER");
+        let echo = &answer["sandbox"];
+        assert_eq!(echo["verified"], true);
+        assert_eq!(echo["headers"]["x-amz-access-token"], "(redacted)");
+        // A restricted operation: the stand-in accepts only an RDT for this exact path.
+        let (status, _, answer) = call(
+            &client,
+            reqwest::Method::GET,
+            &format!("{scheme}://{AMAZON}/orders/v0/orders/902-1845936-5435065/address"),
+            None,
+        )
+        .await;
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(answer["payload"]["AmazonOrderId"], "902-1845936-5435065");
+    }
+    assert_eq!(world.refreshes("amazon.default"), 1.0);
+
+    // Every token the stand-in issued is now expired, RDTs included: the proxy re-mints (and,
+    // told by the mint that its LWA token expired, refreshes it first), then retries once.
+    let expire = format!("http://{AMAZON}/signproxy-sandbox/expire-tokens");
+    let (status, _, answer) = call(&client, reqwest::Method::POST, &expire, None).await;
+    assert_eq!(status, 200, "{answer}");
+    let address = format!("http://{AMAZON}/orders/v0/orders/902-1845936-5435065/address");
+    let (status, _, answer) = call(&client, reqwest::Method::GET, &address, None).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(world.refreshes("amazon.default"), 2.0);
+    world.assert_nothing_left_the_machine();
+}

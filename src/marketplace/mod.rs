@@ -9,6 +9,7 @@
 //! [`MARKETPLACES`].
 
 pub mod aliexpress;
+pub mod amazon;
 pub mod ebay;
 pub mod iop;
 pub mod lazada;
@@ -34,6 +35,7 @@ pub static MARKETPLACES: &[&dyn Marketplace] = &[
     &shopee::SHOPEE,
     &lazada::LAZADA,
     &aliexpress::ALIEXPRESS,
+    &amazon::AMAZON,
 ];
 
 /// The marketplace whose config table is `id` (`tiktok`, `ebay`, ...).
@@ -190,11 +192,39 @@ impl ProfileError {
 }
 
 /// Whether a request would get the profile's access token.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TokenNeed {
     /// The request carries its own credential, or the endpoint takes none.
     None,
     AccessToken,
+    /// A token the marketplace mints, with the access token, for this one operation (an
+    /// operation that returns personal data): it is sent instead of the access token. The
+    /// token manager mints it through [`TokenEndpoint::restricted_request`] and caches it by
+    /// [`RestrictedResource::cache_key`].
+    Restricted(RestrictedResource),
+}
+
+/// The operation a restricted token is minted for, as the marketplace names it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RestrictedResource {
+    pub method: String,
+    /// The resource path the token covers: no host, no query.
+    pub path: String,
+    /// The kinds of personal data asked for, sorted and without repeats.
+    pub data_elements: Vec<String>,
+}
+
+impl RestrictedResource {
+    /// What a minted token is cached by: one token serves every request with the same method,
+    /// path and data elements.
+    pub fn cache_key(&self) -> String {
+        format!(
+            "{} {} [{}]",
+            self.method,
+            self.path,
+            self.data_elements.join(",")
+        )
+    }
 }
 
 /// What a signer is given: the head as it will go upstream, the exact body bytes, the token to
@@ -361,6 +391,31 @@ pub trait TokenEndpoint: Send + Sync + fmt::Debug {
     /// Default: refresh tokens do not rotate.
     fn salvage_refresh_token(&self, _body: &[u8]) -> Option<Secret> {
         None
+    }
+    /// The request that mints a restricted token for `resource` on the API host `authority`,
+    /// authorized by the profile's `access_token` (see [`TokenNeed::Restricted`]). Default: the
+    /// marketplace has no restricted tokens.
+    fn restricted_request(
+        &self,
+        _authority: &str,
+        _resource: &RestrictedResource,
+        _access_token: &Secret,
+    ) -> Result<Request<Bytes>, GrantError> {
+        Err(GrantError::Request(
+            "this marketplace mints no restricted tokens".to_owned(),
+        ))
+    }
+    /// The restricted token in the mint's answer (`refresh_token` stays `None`).
+    fn parse_restricted(
+        &self,
+        status: StatusCode,
+        _body: &[u8],
+        _now: Timestamp,
+    ) -> Result<Grant, GrantError> {
+        Err(GrantError::Malformed {
+            status: status.as_u16(),
+            reason: "this marketplace mints no restricted tokens".to_owned(),
+        })
     }
 }
 

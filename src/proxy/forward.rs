@@ -154,15 +154,26 @@ async fn forward_signed(
         parts.headers,
         body.len(),
     )?;
-    let needs_token = profile.signer.token_need(&head) == TokenNeed::AccessToken;
-    let token = if may_carry_token && needs_token {
-        state
+    let need = if may_carry_token {
+        profile.signer.token_need(&head)
+    } else {
+        TokenNeed::None
+    };
+    let token = match &need {
+        TokenNeed::None => None,
+        TokenNeed::AccessToken => state
             .tokens
             .token(profile, state.clock.now())
             .await
-            .map_err(|e| token_unavailable(state, e))?
-    } else {
-        None
+            .map_err(|e| token_unavailable(state, e))?,
+        // A failed mint stops the request here: the access token would only be refused.
+        TokenNeed::Restricted(resource) => Some(
+            state
+                .tokens
+                .restricted_token(profile, &head.authority, resource, state.clock.now())
+                .await
+                .map_err(|e| token_unavailable(state, e))?,
+        ),
     };
     let now = state.clock.now();
     let response = sign_and_send(state, profile, &head, &body, token.as_ref(), now, log).await?;
@@ -198,11 +209,27 @@ async fn forward_signed(
         profile = %profile.qualified_name(),
         "the marketplace reports the access token expired: refreshing, then retrying once"
     );
-    let fresh = state
-        .tokens
-        .refresh_after_rejection(profile, used, state.clock.now())
-        .await
-        .map_err(|e| token_unavailable(state, e))?;
+    let fresh = match &need {
+        TokenNeed::Restricted(resource) => {
+            state
+                .tokens
+                .restricted_after_rejection(
+                    profile,
+                    &head.authority,
+                    resource,
+                    used,
+                    state.clock.now(),
+                )
+                .await
+        }
+        TokenNeed::None | TokenNeed::AccessToken => {
+            state
+                .tokens
+                .refresh_after_rejection(profile, used, state.clock.now())
+                .await
+        }
+    }
+    .map_err(|e| token_unavailable(state, e))?;
     let now = state.clock.now();
     sign_and_send(state, profile, &head, &body, Some(&fresh), now, log).await
 }

@@ -13,8 +13,8 @@ use http_body_util::{BodyExt, Full, Limited};
 
 use crate::clock::Timestamp;
 use crate::config::{Config, Profile};
-use crate::marketplace::TokenEndpoint;
 pub use crate::marketplace::TokenSource;
+use crate::marketplace::{RestrictedResource, TokenEndpoint};
 use crate::metrics::{Metrics, Outcome};
 use crate::secret::Secret;
 use crate::upstream::{BoxError, Upstream};
@@ -29,6 +29,9 @@ const COOLDOWN_MAX_MS: u64 = 60_000;
 const REFRESH_EXPIRY_WARNING_SECS: u64 = 14 * 86400;
 /// Token endpoint answers are small; anything bigger is not a grant.
 const MAX_GRANT_BYTES: usize = 1 << 20;
+/// Restricted tokens kept per profile (one per operation and resource path: each order id is
+/// its own); past it, the expired ones go, and if that is not enough, all that are idle.
+const RESTRICTED_CACHE_MAX: usize = 10_000;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum TokenError {
@@ -66,7 +69,12 @@ struct Entry {
     state: Mutex<EntryState>,
     /// Serializes refreshes: concurrent requests wait for the one in flight.
     refreshing: tokio::sync::Mutex<()>,
+    /// Restricted tokens by API host and [`RestrictedResource::cache_key`], in memory only (they
+    /// live an hour). Each slot's lock makes one mint per key at a time.
+    restricted: Mutex<HashMap<String, RestrictedSlot>>,
 }
+
+type RestrictedSlot = Arc<tokio::sync::Mutex<Option<Access>>>;
 
 impl Entry {
     fn lock(&self) -> std::sync::MutexGuard<'_, EntryState> {
@@ -85,6 +93,15 @@ impl Entry {
             .access
             .clone()
             .filter(|a| now.secs() < a.refresh_at)
+    }
+
+    /// The cache slot for a restricted token, made on first use.
+    fn restricted_slot(&self, key: &str, now: Timestamp) -> RestrictedSlot {
+        let mut slots = self.restricted.lock().unwrap_or_else(|p| p.into_inner());
+        if !slots.contains_key(key) {
+            make_room(&mut slots, RESTRICTED_CACHE_MAX, now);
+        }
+        Arc::clone(slots.entry(key.to_owned()).or_default())
     }
 }
 
@@ -193,6 +210,7 @@ impl TokenManager {
                     seed,
                     state: Mutex::new(state),
                     refreshing: tokio::sync::Mutex::new(()),
+                    restricted: Mutex::new(HashMap::new()),
                 }),
             );
         }
@@ -257,6 +275,139 @@ impl TokenManager {
             }
         }
         self.refresh_locked(&entry, now).await
+    }
+
+    /// The restricted token for `resource` on the API host `authority` (see
+    /// [`crate::marketplace::TokenNeed::Restricted`]): a cached one with more than the refresh
+    /// margin left, else a new one minted with the profile's access token (one mint per
+    /// resource at a time). Never the access token instead: a failed mint is an error.
+    pub async fn restricted_token(
+        &self,
+        profile: &Profile,
+        authority: &str,
+        resource: &RestrictedResource,
+        now: Timestamp,
+    ) -> Result<Secret, TokenError> {
+        let entry = self.entry(profile)?;
+        let slot = entry.restricted_slot(&restricted_key(authority, resource), now);
+        let mut held = slot.lock().await;
+        if let Some(access) = held.as_ref().filter(|a| now.secs() < a.refresh_at) {
+            return Ok(access.token.clone());
+        }
+        let access = self.mint(&entry, profile, authority, resource, now).await?;
+        *held = Some(access.clone());
+        Ok(access.token)
+    }
+
+    /// After the marketplace answered "token expired" for the restricted token `rejected`: a new
+    /// one (unless another request already replaced it).
+    pub async fn restricted_after_rejection(
+        &self,
+        profile: &Profile,
+        authority: &str,
+        resource: &RestrictedResource,
+        rejected: &Secret,
+        now: Timestamp,
+    ) -> Result<Secret, TokenError> {
+        let entry = self.entry(profile)?;
+        let slot = entry.restricted_slot(&restricted_key(authority, resource), now);
+        let mut held = slot.lock().await;
+        if let Some(access) = held
+            .as_ref()
+            .filter(|a| a.token != *rejected && now.secs() < a.expires_at)
+        {
+            return Ok(access.token.clone());
+        }
+        *held = None;
+        let access = self.mint(&entry, profile, authority, resource, now).await?;
+        *held = Some(access.clone());
+        Ok(access.token)
+    }
+
+    /// One mint of a restricted token, with the profile's access token; if the marketplace
+    /// says that token expired, one refresh and one more try.
+    async fn mint(
+        &self,
+        entry: &Entry,
+        profile: &Profile,
+        authority: &str,
+        resource: &RestrictedResource,
+        now: Timestamp,
+    ) -> Result<Access, TokenError> {
+        let operation = format!("{} {}", resource.method, resource.path);
+        let unavailable = |reason: String| TokenError::Unavailable {
+            profile: entry.name.clone(),
+            reason: format!("no restricted token for {operation}: {reason}"),
+        };
+        let mut access_token = self.token(profile, now).await?.ok_or_else(|| {
+            unavailable("the profile has no access token to mint one with".to_owned())
+        })?;
+        let mut retried = false;
+        loop {
+            let request = entry
+                .endpoint
+                .restricted_request(authority, resource, &access_token)
+                .map_err(|e| unavailable(e.to_string()))?;
+            let (status, body) = self
+                .exchange(request, "the restricted token endpoint")
+                .await
+                .map_err(unavailable)?;
+            if !retried && entry.endpoint.is_expired_answer(status, &body) {
+                retried = true;
+                access_token = self
+                    .refresh_after_rejection(profile, &access_token, now)
+                    .await?;
+                continue;
+            }
+            let grant = match entry.endpoint.parse_restricted(status, &body, now) {
+                Ok(grant) => grant,
+                Err(e) => {
+                    tracing::warn!(profile = %entry.name, operation = %operation, error = %e, "minting a restricted token failed");
+                    return Err(unavailable(e.to_string()));
+                }
+            };
+            let now = now.secs();
+            if grant.expires_at <= now {
+                return Err(unavailable(format!(
+                    "the marketplace granted a token that expired already (at {}, now {now}): check the machine's clock",
+                    grant.expires_at
+                )));
+            }
+            // No jitter: one proxy's mints are already spread over its requests.
+            let lifetime = grant.expires_at - now;
+            let margin = entry.endpoint.refresh_margin_secs().min(lifetime / 2);
+            tracing::info!(profile = %entry.name, operation = %operation, expires_in_s = lifetime, "restricted token minted");
+            return Ok(Access {
+                token: grant.access_token,
+                expires_at: grant.expires_at,
+                refresh_at: grant.expires_at - margin,
+            });
+        }
+    }
+
+    /// Sends a token request (never logged: it carries credentials) and reads the small answer.
+    async fn exchange(
+        &self,
+        request: http::Request<Bytes>,
+        what: &str,
+    ) -> Result<(http::StatusCode, Bytes), String> {
+        let request = request.map(|body: Bytes| {
+            Full::new(body)
+                .map_err(|never| -> BoxError { match never {} })
+                .boxed()
+        });
+        let response = self
+            .upstream
+            .send(request)
+            .await
+            .map_err(|e| format!("{what} could not be reached: {e}"))?;
+        let status = response.status();
+        let body = Limited::new(response.into_body(), MAX_GRANT_BYTES)
+            .collect()
+            .await
+            .map_err(|e| format!("reading {what}'s answer failed: {e}"))?
+            .to_bytes();
+        Ok((status, body))
     }
 
     /// Fetches a token for every managed profile of `config` that holds none valid at `now`
@@ -363,23 +514,8 @@ impl TokenManager {
             .endpoint
             .grant_request(refresh_token.as_ref(), now)
             .map_err(|e| e.to_string())?;
-        let request = request.map(|body: Bytes| {
-            Full::new(body)
-                .map_err(|never| -> BoxError { match never {} })
-                .boxed()
-        });
         // Never log the request: a grant request may carry the app secret, even in its URL.
-        let response = self
-            .upstream
-            .send(request)
-            .await
-            .map_err(|e| format!("the token endpoint could not be reached: {e}"))?;
-        let status = response.status();
-        let body = Limited::new(response.into_body(), MAX_GRANT_BYTES)
-            .collect()
-            .await
-            .map_err(|e| format!("reading the token endpoint's answer failed: {e}"))?
-            .to_bytes();
+        let (status, body) = self.exchange(request, "the token endpoint").await?;
         let grant = match entry.endpoint.parse_grant(status, &body, now) {
             Ok(grant) => grant,
             Err(e) => {
@@ -486,6 +622,26 @@ impl TokenManager {
     }
 }
 
+/// Below `max` slots: drops the expired ones, then (if that is not enough) every idle one. A
+/// slot in use (locked) stays: its request holds it anyway.
+fn make_room(slots: &mut HashMap<String, RestrictedSlot>, max: usize, now: Timestamp) {
+    if slots.len() < max {
+        return;
+    }
+    slots.retain(|_, slot| match slot.try_lock() {
+        Ok(held) => held.as_ref().is_some_and(|a| now.secs() < a.expires_at),
+        Err(_) => true,
+    });
+    if slots.len() >= max {
+        slots.retain(|_, slot| slot.try_lock().is_err());
+    }
+}
+
+/// A restricted token is minted by one API host (one region) and only good there.
+fn restricted_key(authority: &str, resource: &RestrictedResource) -> String {
+    format!("{authority} {}", resource.cache_key())
+}
+
 /// The earlier of two optional expiries (an unknown one does not count).
 fn earlier(a: Option<u64>, b: Option<u64>) -> Option<u64> {
     match (a, b) {
@@ -550,6 +706,35 @@ mod tests {
         // Shopee's ten minutes ahead of a 4 h token.
         let shopee = refresh_at(0, 14_400, 600);
         assert!((14_400 - 660..=14_400 - 600).contains(&shopee), "{shopee}");
+    }
+
+    #[test]
+    fn a_full_restricted_cache_drops_expired_then_idle_tokens_never_one_in_use() {
+        let slot = |expires_at: Option<u64>| -> RestrictedSlot {
+            Arc::new(tokio::sync::Mutex::new(expires_at.map(|expires_at| {
+                Access {
+                    token: Secret::new("t"),
+                    expires_at,
+                    refresh_at: expires_at,
+                }
+            })))
+        };
+        let now = Timestamp::from_secs(100);
+        let mut slots: HashMap<String, RestrictedSlot> = HashMap::new();
+        slots.insert("expired".into(), slot(Some(50)));
+        slots.insert("valid".into(), slot(Some(500)));
+        make_room(&mut slots, 3, now);
+        assert_eq!(slots.len(), 2, "not full: nothing dropped");
+        slots.insert("empty".into(), slot(None));
+        make_room(&mut slots, 3, now);
+        assert_eq!(slots.keys().collect::<Vec<_>>(), ["valid"]);
+
+        slots.insert("busy".into(), slot(None));
+        slots.insert("other".into(), slot(Some(500)));
+        let busy = Arc::clone(&slots["busy"]);
+        let _held = busy.try_lock().unwrap();
+        make_room(&mut slots, 2, now);
+        assert_eq!(slots.keys().collect::<Vec<_>>(), ["busy"]);
     }
 
     #[test]

@@ -36,6 +36,11 @@ pub const UPSTREAM_NAMES: &[&str] = &[
     "api.lazada.sg",
     "auth.lazada.com",
     "api-sg.aliexpress.com",
+    "api.amazon.com",
+    "sellingpartnerapi-na.amazon.com",
+    "sellingpartnerapi-eu.amazon.com",
+    "sellingpartnerapi-fe.amazon.com",
+    "sandbox.sellingpartnerapi-na.amazon.com",
 ];
 
 /// A streamed response body: `total` bytes of [`pattern_bytes`] in `chunk`-sized frames.
