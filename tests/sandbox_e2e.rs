@@ -492,7 +492,10 @@ async fn sandbox_serve_verifies_tiktok_requests_signed_elsewhere_and_names_tampe
     let signed = |at: u64| served.signed("tiktok", http::Method::POST, TIKTOK, path, body, at);
     let code = |answer: &(u16, Value)| answer.1["code"].as_u64().unwrap();
 
-    let good = signed(now());
+    // One clock reading: a second signature from `now() - 1` read later could fall on the same
+    // second as the first and be no forgery at all.
+    let at = now();
+    let good = signed(at);
     let answer = served.send(&good, body).await;
     assert_eq!((answer.0, code(&answer)), (200, 0), "{}", answer.1);
 
@@ -544,7 +547,10 @@ async fn sandbox_serve_verifies_ebay_requests_signed_elsewhere_and_names_tamperi
     let signed = |at: u64| served.signed("ebay", http::Method::POST, EBAY, path, body, at);
     let error_id = |answer: &(u16, Value)| answer.1["errors"][0]["errorId"].as_u64().unwrap_or(0);
 
-    let good = signed(now());
+    // One clock reading: a second signature from `now() - 1` read later could fall on the same
+    // second as the first and be no forgery at all.
+    let at = now();
+    let good = signed(at);
     let answer = served.send(&good, body).await;
     assert_eq!(answer.0, 200, "{}", answer.1);
     assert_eq!(answer.1["sandbox"]["verified"], true);
@@ -552,7 +558,7 @@ async fn sandbox_serve_verifies_ebay_requests_signed_elsewhere_and_names_tamperi
     let answer = served.send(&good, br#"{"reasonForRefund":"OTHER"}"#).await;
     assert_eq!((answer.0, error_id(&answer)), (403, 215105), "{}", answer.1);
     let mut forged = good.clone();
-    let other = signed(now() - 1);
+    let other = signed(at - 1);
     forged
         .headers
         .insert("signature", other.headers["signature"].clone());
@@ -566,7 +572,7 @@ async fn sandbox_serve_verifies_ebay_requests_signed_elsewhere_and_names_tamperi
         .insert("x-ebay-signature-key", "another-apps-jwe".parse().unwrap());
     assert_eq!(error_id(&served.send(&wrong_key, body).await), 215116);
     assert_eq!(
-        error_id(&served.send(&signed(now() - 400), body).await),
+        error_id(&served.send(&signed(at - 400), body).await),
         215114
     );
     let mut tokenless = good.clone();
