@@ -249,46 +249,64 @@ impl Metrics {
     }
 
     pub fn request(&self, profile: &str, host: &str, status: u16) {
-        HOT.with(|hot| {
-            let mut hot = hot.borrow_mut();
+        let labels = || RequestLabels {
+            profile: profile.to_owned(),
+            host: host.to_owned(),
+            status,
+        };
+        // A body dropped while its thread shuts down may count after the thread's handles are
+        // gone: then the family directly (a panic in a drop would abort the process).
+        let counted = HOT.try_with(|hot| {
+            let Ok(mut hot) = hot.try_borrow_mut() else {
+                return false;
+            };
             let hot = hot.for_owner(self.id);
             let found = hot.requests.iter().find(|(labels, _)| {
                 labels.status == status && labels.profile == profile && labels.host == host
             });
             if let Some((_, counter)) = found {
                 counter.inc();
-                return;
+                return true;
             }
-            let labels = RequestLabels {
-                profile: profile.to_owned(),
-                host: host.to_owned(),
-                status,
-            };
+            let labels = labels();
             let counter = self.requests.get_or_create(&labels).clone();
             counter.inc();
             if hot.requests.len() < HOT_SERIES {
                 hot.requests.push((labels, counter));
             }
+            true
         });
+        if counted != Ok(true) {
+            self.requests.get_or_create(&labels()).inc();
+        }
     }
 
     pub fn upstream_latency(&self, profile: &str, seconds: f64) {
-        HOT.with(|hot| {
-            let mut hot = hot.borrow_mut();
+        let labels = || ProfileLabels {
+            profile: profile.to_owned(),
+        };
+        let observed = HOT.try_with(|hot| {
+            let Ok(mut hot) = hot.try_borrow_mut() else {
+                return false;
+            };
             let hot = hot.for_owner(self.id);
             if let Some((_, histogram)) = hot.latency.iter().find(|(p, _)| p == profile) {
                 histogram.observe(seconds);
-                return;
+                return true;
             }
-            let labels = ProfileLabels {
-                profile: profile.to_owned(),
-            };
+            let labels = labels();
             let histogram = self.upstream_seconds.get_or_create(&labels).clone();
             histogram.observe(seconds);
             if hot.latency.len() < HOT_SERIES {
                 hot.latency.push((labels.profile, histogram));
             }
+            true
         });
+        if observed != Ok(true) {
+            self.upstream_seconds
+                .get_or_create(&labels())
+                .observe(seconds);
+        }
     }
 
     pub fn signing_failure(&self, reason: &'static str) {
