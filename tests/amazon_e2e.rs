@@ -475,15 +475,48 @@ async fn a_failed_mint_is_a_503_naming_amazons_answer_and_nothing_reaches_the_ap
     );
     assert!(!text.contains("Atza|"), "no token in the answer: {text}");
     assert!(amazon.api_calls().is_empty(), "nothing was sent to the API");
-    assert_eq!(
+    let mints = || {
         amazon
             .upstream
             .requests()
             .iter()
             .filter(|r| r.path() == RDT_PATH)
-            .count(),
-        1
+            .count()
+    };
+    assert_eq!(mints(), 1);
+
+    // The same resource again at once: refused from memory, Amazon not asked (its rate limit).
+    let again = |order: &'static str| {
+        let client = client.clone();
+        async move {
+            get(
+                &client,
+                &format!("https://{HOST}/orders/v0/orders/{order}"),
+                &[("x-signproxy-data-elements", "buyerTaxInformation")],
+            )
+            .await
+        }
+    };
+    let resp = again("1-2-3").await;
+    assert_eq!(resp.status(), 503);
+    let text = resp.text().await.unwrap();
+    assert!(
+        text.contains("InvalidInput") && text.contains("not asked again"),
+        "{text}"
     );
+    assert_eq!(mints(), 1, "no mint within the cooldown");
+    // After the cooldown, Amazon is asked again.
+    amazon.clock.advance_secs(11);
+    assert_eq!(again("1-2-3").await.status(), 503);
+    assert_eq!(mints(), 2);
+
+    // A path no real operation has (an order id of 3,000 characters) is never minted for.
+    let long = format!("https://{HOST}/orders/v0/orders/{}", "9".repeat(3000));
+    let resp = get(&client, &long, &[]).await;
+    assert_eq!(resp.status(), 503);
+    assert!(resp.text().await.unwrap().contains("exceed"));
+    assert_eq!(mints(), 2);
+    assert!(amazon.api_calls().is_empty(), "nothing was sent to the API");
     proxy.stop().await;
 }
 

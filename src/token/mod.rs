@@ -32,6 +32,14 @@ const MAX_GRANT_BYTES: usize = 1 << 20;
 /// Restricted tokens kept per profile (one per operation and resource path: each order id is
 /// its own); past it, the expired ones go, and if that is not enough, all that are idle.
 const RESTRICTED_CACHE_MAX: usize = 10_000;
+/// A restricted resource named by more than this (path and data elements) is not minted for:
+/// no real operation comes close, and each cache key is kept in memory.
+const RESTRICTED_KEY_MAX: usize = 2048;
+/// After a failed mint, the same resource is refused this long without asking again: a missing
+/// role fails every time, and each mint counts against the marketplace's rate limit.
+const RESTRICTED_COOLDOWN_MS: u64 = 10_000;
+/// Failed mints remembered at once (past this the memory starts afresh).
+const RESTRICTED_FAILURES_MAX: usize = 1024;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum TokenError {
@@ -72,6 +80,8 @@ struct Entry {
     /// Restricted tokens by API host and [`RestrictedResource::cache_key`], in memory only (they
     /// live an hour). Each slot's lock makes one mint per key at a time.
     restricted: Mutex<HashMap<String, RestrictedSlot>>,
+    /// Resources whose last mint failed: until when they are refused, and why.
+    restricted_failures: Mutex<HashMap<String, (Timestamp, String)>>,
 }
 
 type RestrictedSlot = Arc<tokio::sync::Mutex<Option<Access>>>;
@@ -102,6 +112,49 @@ impl Entry {
             make_room(&mut slots, RESTRICTED_CACHE_MAX, now);
         }
         Arc::clone(slots.entry(key.to_owned()).or_default())
+    }
+
+    /// Drops `key`'s slot if it holds no token and nobody is using it: a failed mint leaves no
+    /// entry behind (clients choose the paths, so empty slots would pile up).
+    fn forget_empty_slot(&self, key: &str) {
+        let mut slots = self.restricted.lock().unwrap_or_else(|p| p.into_inner());
+        let empty = slots
+            .get(key)
+            .is_some_and(|slot| slot.try_lock().is_ok_and(|held| held.is_none()));
+        if empty {
+            slots.remove(key);
+        }
+    }
+
+    /// Why `key`'s last mint failed, while its cooldown lasts.
+    fn recent_failure(&self, key: &str, now: Timestamp) -> Option<String> {
+        let failures = self
+            .restricted_failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        failures
+            .get(key)
+            .filter(|(until, _)| now.millis() < until.millis())
+            .map(|(_, reason)| reason.clone())
+    }
+
+    fn note_failure(&self, key: &str, now: Timestamp, reason: String) {
+        let mut failures = self
+            .restricted_failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if failures.len() >= RESTRICTED_FAILURES_MAX {
+            failures.clear();
+        }
+        let until = Timestamp::from_millis(now.millis().saturating_add(RESTRICTED_COOLDOWN_MS));
+        failures.insert(key.to_owned(), (until, reason));
+    }
+
+    fn clear_failure(&self, key: &str) {
+        self.restricted_failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
     }
 }
 
@@ -211,6 +264,7 @@ impl TokenManager {
                     state: Mutex::new(state),
                     refreshing: tokio::sync::Mutex::new(()),
                     restricted: Mutex::new(HashMap::new()),
+                    restricted_failures: Mutex::new(HashMap::new()),
                 }),
             );
         }
@@ -289,14 +343,81 @@ impl TokenManager {
         now: Timestamp,
     ) -> Result<Secret, TokenError> {
         let entry = self.entry(profile)?;
-        let slot = entry.restricted_slot(&restricted_key(authority, resource), now);
+        let key = self.restricted_key_checked(&entry, authority, resource)?;
+        let slot = entry.restricted_slot(&key, now);
         let mut held = slot.lock().await;
         if let Some(access) = held.as_ref().filter(|a| now.secs() < a.refresh_at) {
             return Ok(access.token.clone());
         }
-        let access = self.mint(&entry, profile, authority, resource, now).await?;
-        *held = Some(access.clone());
-        Ok(access.token)
+        let minted = self
+            .mint_once(&entry, profile, authority, resource, &key, now)
+            .await;
+        match minted {
+            Ok(access) => {
+                *held = Some(access.clone());
+                Ok(access.token)
+            }
+            Err(e) => {
+                drop(held);
+                entry.forget_empty_slot(&key);
+                Err(e)
+            }
+        }
+    }
+
+    /// The cache key of `resource` on `authority`, refused when unreasonably long.
+    fn restricted_key_checked(
+        &self,
+        entry: &Entry,
+        authority: &str,
+        resource: &RestrictedResource,
+    ) -> Result<String, TokenError> {
+        let key = restricted_key(authority, resource);
+        if key.len() > RESTRICTED_KEY_MAX {
+            return Err(TokenError::Unavailable {
+                profile: entry.name.clone(),
+                reason: format!(
+                    "no restricted token for {} {}...: the path and data elements exceed {RESTRICTED_KEY_MAX} bytes",
+                    resource.method,
+                    resource.path.chars().take(64).collect::<String>()
+                ),
+            });
+        }
+        Ok(key)
+    }
+
+    /// [`TokenManager::mint`] unless the same resource failed within the cooldown, remembering
+    /// a failure for the next requests.
+    async fn mint_once(
+        &self,
+        entry: &Entry,
+        profile: &Profile,
+        authority: &str,
+        resource: &RestrictedResource,
+        key: &str,
+        now: Timestamp,
+    ) -> Result<Access, TokenError> {
+        if let Some(reason) = entry.recent_failure(key, now) {
+            return Err(TokenError::Unavailable {
+                profile: entry.name.clone(),
+                reason: format!(
+                    "{reason} (the last mint failed; not asked again for {} s)",
+                    RESTRICTED_COOLDOWN_MS / 1000
+                ),
+            });
+        }
+        match self.mint(entry, profile, authority, resource, now).await {
+            Ok(access) => {
+                entry.clear_failure(key);
+                Ok(access)
+            }
+            Err(e) => {
+                if let TokenError::Unavailable { reason, .. } = &e {
+                    entry.note_failure(key, now, reason.clone());
+                }
+                Err(e)
+            }
+        }
     }
 
     /// After the marketplace answered "token expired" for the restricted token `rejected`: a new
@@ -310,7 +431,8 @@ impl TokenManager {
         now: Timestamp,
     ) -> Result<Secret, TokenError> {
         let entry = self.entry(profile)?;
-        let slot = entry.restricted_slot(&restricted_key(authority, resource), now);
+        let key = self.restricted_key_checked(&entry, authority, resource)?;
+        let slot = entry.restricted_slot(&key, now);
         let mut held = slot.lock().await;
         if let Some(access) = held
             .as_ref()
@@ -319,9 +441,20 @@ impl TokenManager {
             return Ok(access.token.clone());
         }
         *held = None;
-        let access = self.mint(&entry, profile, authority, resource, now).await?;
-        *held = Some(access.clone());
-        Ok(access.token)
+        match self
+            .mint_once(&entry, profile, authority, resource, &key, now)
+            .await
+        {
+            Ok(access) => {
+                *held = Some(access.clone());
+                Ok(access.token)
+            }
+            Err(e) => {
+                drop(held);
+                entry.forget_empty_slot(&key);
+                Err(e)
+            }
+        }
     }
 
     /// One mint of a restricted token, with the profile's access token; if the marketplace
@@ -396,18 +529,30 @@ impl TokenManager {
                 .map_err(|never| -> BoxError { match never {} })
                 .boxed()
         });
-        let response = self
-            .upstream
-            .send(request)
+        // The whole exchange, answer body included, within the request timeout: a stalled body
+        // would otherwise hold the refresh (or mint) lock that other requests wait on.
+        let deadline = self.upstream.request_timeout();
+        let exchange = async {
+            let response = self
+                .upstream
+                .send(request)
+                .await
+                .map_err(|e| format!("{what} could not be reached: {e}"))?;
+            let status = response.status();
+            let body = Limited::new(response.into_body(), MAX_GRANT_BYTES)
+                .collect()
+                .await
+                .map_err(|e| format!("reading {what}'s answer failed: {e}"))?
+                .to_bytes();
+            Ok((status, body))
+        };
+        tokio::time::timeout(deadline, exchange)
             .await
-            .map_err(|e| format!("{what} could not be reached: {e}"))?;
-        let status = response.status();
-        let body = Limited::new(response.into_body(), MAX_GRANT_BYTES)
-            .collect()
-            .await
-            .map_err(|e| format!("reading {what}'s answer failed: {e}"))?
-            .to_bytes();
-        Ok((status, body))
+            .unwrap_or_else(|_| {
+                Err(format!(
+                    "{what} did not answer in full within {deadline:?} ([upstream] request_timeout_ms)"
+                ))
+            })
     }
 
     /// Fetches a token for every managed profile of `config` that holds none valid at `now`
