@@ -214,7 +214,6 @@ fn redis_store(redis: &Redis) -> String {
 struct Binary {
     child: Child,
     dir: PathBuf,
-    config_path: PathBuf,
     proxy: SocketAddr,
     admin: SocketAddr,
     stderr: Arc<Mutex<Vec<String>>>,
@@ -279,7 +278,6 @@ impl Binary {
         Binary {
             child,
             dir: dir.to_path_buf(),
-            config_path,
             proxy: v["listen"].as_str().unwrap().parse().unwrap(),
             admin: v["admin"].as_str().unwrap().parse().unwrap(),
             stderr,
