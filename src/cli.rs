@@ -563,8 +563,7 @@ fn store_migrate(flag: Option<PathBuf>) -> Result<(), String> {
     if let Some(warning) = warning {
         return Err(warning);
     }
-    let redis =
-        crate::token::redis_store::RedisStore::new(settings).map_err(|e| e.to_string())?;
+    let redis = crate::token::redis_store::RedisStore::new(settings).map_err(|e| e.to_string())?;
     runtime()?.block_on(async move {
         let mut out = std::io::stdout().lock();
         let (mut moved, mut kept) = (0, 0);

@@ -785,7 +785,10 @@ impl Ctx<'_> {
             ("store.url", raw.url.is_some()),
             ("store.key_prefix", raw.key_prefix.is_some()),
             ("store.connect_timeout_ms", raw.connect_timeout_ms.is_some()),
-            ("store.response_timeout_ms", raw.response_timeout_ms.is_some()),
+            (
+                "store.response_timeout_ms",
+                raw.response_timeout_ms.is_some(),
+            ),
         ];
         match raw.backend.as_deref().unwrap_or("file") {
             "file" => match redis_only.iter().find(|(_, set)| *set) {

@@ -137,7 +137,8 @@ struct World {
 impl World {
     fn new(lifetime: u64) -> World {
         let ca = TestCa::new();
-        let upstream = TestUpstream::start(&ca, Verifier::tiktok(TIKTOK_APP_KEY, TIKTOK_APP_SECRET));
+        let upstream =
+            TestUpstream::start(&ca, Verifier::tiktok(TIKTOK_APP_KEY, TIKTOK_APP_SECRET));
         let ledger = Arc::new(Mutex::new(Ledger {
             current: "rt-0".into(),
             lifetime,
@@ -158,7 +159,11 @@ impl World {
                 let presented = r.query_param("refresh_token").unwrap_or_default();
                 if presented != ledger.current {
                     ledger.reused.push(presented);
-                    return Some(Behaviour::tiktok_error(200, 36004004, "invalid refresh token"));
+                    return Some(Behaviour::tiktok_error(
+                        200,
+                        36004004,
+                        "invalid refresh token",
+                    ));
                 }
                 ledger.grants += 1;
                 let n = ledger.grants;
@@ -168,15 +173,25 @@ impl World {
                 ledger.issued.insert(access.clone(), now_secs() + lifetime);
                 return Some(Behaviour::tiktok_grant(&access, &ledger.current, lifetime));
             }
-            let token = r.header_str("x-tts-access-token").unwrap_or_default().to_owned();
-            let fresh = ledger.issued.get(&token).is_some_and(|exp| now_secs() < *exp);
+            let token = r
+                .header_str("x-tts-access-token")
+                .unwrap_or_default()
+                .to_owned();
+            let fresh = ledger
+                .issued
+                .get(&token)
+                .is_some_and(|exp| now_secs() < *exp);
             if !fresh {
                 ledger.stale_uses += 1;
             }
             ledger.used.insert(token);
             None
         });
-        World { ca, upstream, ledger }
+        World {
+            ca,
+            upstream,
+            ledger,
+        }
     }
 
     fn ledger<T>(&self, f: impl FnOnce(&Ledger) -> T) -> T {
@@ -347,7 +362,10 @@ async fn get(client: &reqwest::Client) -> (u16, String) {
         .send()
         .await
         .expect("an answer");
-    (resp.status().as_u16(), resp.text().await.unwrap_or_default())
+    (
+        resp.status().as_u16(),
+        resp.text().await.unwrap_or_default(),
+    )
 }
 
 const REFRESHES_OK: &str =
@@ -371,7 +389,11 @@ async fn three_replicas_refresh_once_per_expiry_and_never_reuse_a_refresh_token(
     for r in &replicas {
         r.wait_ready().await;
     }
-    assert_eq!(world.ledger(|l| l.grants), 1, "the later replicas took the stored token");
+    assert_eq!(
+        world.ledger(|l| l.grants),
+        1,
+        "the later replicas took the stored token"
+    );
 
     let clients: Vec<reqwest::Client> = replicas.iter().map(Binary::client).collect();
     let started = Instant::now();
@@ -391,10 +413,19 @@ async fn three_replicas_refresh_once_per_expiry_and_never_reuse_a_refresh_token(
     }
     let elapsed = started.elapsed().as_secs_f64();
     let (grants, reused, stale, used, calls) = world.ledger(|l| {
-        (l.grants, l.reused.clone(), l.stale_uses, l.used.len(), l.calls)
+        (
+            l.grants,
+            l.reused.clone(),
+            l.stale_uses,
+            l.used.len(),
+            l.calls,
+        )
     });
     assert!(reused.is_empty(), "refresh tokens reused: {reused:?}");
-    assert_eq!(calls, grants, "every call to the token endpoint was a grant");
+    assert_eq!(
+        calls, grants,
+        "every call to the token endpoint was a grant"
+    );
     assert_eq!(stale, 0, "no request carried an expired token");
     // One refresh per half lifetime (3 s) across all replicas, plus the first grant.
     let most = 1 + (elapsed / 3.0).ceil() as usize + 1;
@@ -402,19 +433,28 @@ async fn three_replicas_refresh_once_per_expiry_and_never_reuse_a_refresh_token(
         (3..=most).contains(&grants),
         "{grants} grants in {elapsed:.1} s (at most {most})"
     );
-    assert!(used >= 3, "the traffic crossed expiries: {used} tokens used");
+    assert!(
+        used >= 3,
+        "the traffic crossed expiries: {used} tokens used"
+    );
     let mut refreshed = 0.0;
     for r in &replicas {
         refreshed += r.metric(REFRESHES_OK).await;
     }
-    assert_eq!(refreshed as usize, grants, "each grant was one replica's refresh");
+    assert_eq!(
+        refreshed as usize, grants,
+        "each grant was one replica's refresh"
+    );
     let mut adopted = 0.0;
     for r in &replicas {
         adopted += r
             .metric("signproxy_token_adoptions_total{profile=\"tiktok.default\"}")
             .await;
     }
-    assert!(adopted >= 2.0, "replicas took each other's tokens: {adopted}");
+    assert!(
+        adopted >= 2.0,
+        "replicas took each other's tokens: {adopted}"
+    );
     for r in &replicas {
         assert!(!r.output().contains("rt-"), "a refresh token in the log");
     }
@@ -454,8 +494,16 @@ async fn redis_down_keeps_the_valid_token_then_503_naming_the_store_and_recovers
     let (status, ready) = bin.admin_get("/readyz").await;
     assert_eq!(status, 503, "{ready}");
     assert!(ready.contains("redis"), "{ready}");
-    assert_eq!(world.ledger(|l| l.grants), grants, "no refresh without the store");
-    assert!(bin.metric("signproxy_token_store_errors_total{operation=\"load\"}").await >= 1.0);
+    assert_eq!(
+        world.ledger(|l| l.grants),
+        grants,
+        "no refresh without the store"
+    );
+    assert!(
+        bin.metric("signproxy_token_store_errors_total{operation=\"load\"}")
+            .await
+            >= 1.0
+    );
 
     // Back (empty: no persistence): the replica refreshes with the refresh token it holds.
     redis.restart();
@@ -470,7 +518,10 @@ async fn redis_down_keeps_the_valid_token_then_503_naming_the_store_and_recovers
     }
     bin.wait_ready().await;
     assert!(world.ledger(|l| l.reused.is_empty()));
-    assert!(redis.exists("test:tiktok.default"), "the new pair is stored");
+    assert!(
+        redis.exists("test:tiktok.default"),
+        "the new pair is stored"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -486,7 +537,10 @@ async fn a_replica_killed_holding_the_lease_is_taken_over_once_the_lease_ends() 
         assert!(Instant::now() < deadline, "no refresh started");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(redis.exists("test:tiktok.default:lease"), "the lease is held");
+    assert!(
+        redis.exists("test:tiktok.default:lease"),
+        "the lease is held"
+    );
     holder.kill();
     let killed_at = Instant::now();
 
@@ -531,25 +585,41 @@ async fn store_migrate_moves_the_token_file_into_redis() {
     .unwrap();
     let migrate = || {
         Command::new(BIN)
-            .args(["store", "migrate", "--from", "file", "--to", "redis", "--config"])
+            .args([
+                "store", "migrate", "--from", "file", "--to", "redis", "--config",
+            ])
             .arg(root.path().join("signproxy.toml"))
             .output()
             .unwrap()
     };
     let out = migrate();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("tiktok.default: moved"), "{stdout}");
-    assert!(!stdout.contains("TTP_access") && !stdout.contains("rt-1"), "{stdout}");
+    assert!(
+        !stdout.contains("TTP_access") && !stdout.contains("rt-1"),
+        "{stdout}"
+    );
     let again = migrate();
     let stdout = String::from_utf8_lossy(&again.stdout);
     assert!(again.status.success());
-    assert!(stdout.contains("tiktok.default: already in redis"), "{stdout}");
+    assert!(
+        stdout.contains("tiktok.default: already in redis"),
+        "{stdout}"
+    );
 
     // A replica on Redis (another folder: no file to fall back on) uses the migrated pair.
     let bin = Binary::start(&world, &root.path().join("other"), &config).await;
     bin.wait_ready().await;
     assert_eq!(get(&bin.client()).await.0, 200);
-    assert_eq!(world.ledger(|l| l.grants), 1, "no new grant: the migrated token was used");
+    assert_eq!(
+        world.ledger(|l| l.grants),
+        1,
+        "no new grant: the migrated token was used"
+    );
     assert!(world.ledger(|l| l.used.contains("TTP_access_1")));
 }

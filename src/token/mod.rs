@@ -153,7 +153,9 @@ fn open_store(config: &Config) -> Result<(Held, Option<String>), StoreError> {
             let (store, warning) = TokenStore::open(&config.proxy.state_dir)?;
             Ok((Held::File(Arc::new(store)), warning))
         }
-        StoreSettings::Redis(settings) => Ok((Held::Redis(Arc::new(redis_store_for(settings)?)), None)),
+        StoreSettings::Redis(settings) => {
+            Ok((Held::Redis(Arc::new(redis_store_for(settings)?)), None))
+        }
     }
 }
 
@@ -671,7 +673,10 @@ impl TokenManager {
             // A rotated refresh token may have invalidated the old one: the new one must reach
             // the store before anything uses it. If it cannot, keep going in memory but say so.
             let expected = entry.lock().version;
-            match self.put(store.as_ref(), &entry.name, expected, stored).await {
+            match self
+                .put(store.as_ref(), &entry.name, expected, stored)
+                .await
+            {
                 Ok(Some(version)) => entry.lock().version = version,
                 Ok(None) => {
                     // Only after a lost lease: the newer pair in the store wins.
@@ -734,7 +739,10 @@ impl TokenManager {
         };
         let refresh_expires_at = stored.refresh_expires_at;
         if let Some(store) = &self.store {
-            match self.put(store.as_ref(), &entry.name, expected, stored).await {
+            match self
+                .put(store.as_ref(), &entry.name, expected, stored)
+                .await
+            {
                 Ok(Some(version)) => entry.lock().version = version,
                 Ok(None) => {
                     self.metrics.token_store_conflict(&entry.name);
@@ -895,8 +903,7 @@ impl TokenManager {
             tracing::warn!(profile = %entry.name, error = %e, "shared token store unavailable: no refresh without its lease");
             format!("{e} (no refresh without the store's lease: the proxy recovers by itself when the store is back)")
         };
-        let deadline =
-            std::time::Instant::now() + self.lease_ttl * 2 + Duration::from_millis(500);
+        let deadline = std::time::Instant::now() + self.lease_ttl * 2 + Duration::from_millis(500);
         let mut waited = false;
         loop {
             let loaded = store

@@ -69,10 +69,7 @@ impl RedisStore {
         );
         let client = redis::Client::open(settings.url.expose()).map_err(|e| StoreError {
             store: described.clone(),
-            message: format!(
-                "the URL is not valid ({:?}): fix [store] url",
-                e.kind()
-            ),
+            message: format!("the URL is not valid ({:?}): fix [store] url", e.kind()),
         })?;
         Ok(RedisStore {
             settings: settings.clone(),
@@ -101,11 +98,9 @@ impl RedisStore {
         // Error texts can quote what was sent or the address connected to; never the password.
         let mut message = e.to_string();
         let url = self.settings.url.expose();
-        if let Some(password) = redis::parse_redis_url(url).and_then(|u| {
-            u.password()
-                .map(str::to_owned)
-                .filter(|p| !p.is_empty())
-        }) {
+        if let Some(password) = redis::parse_redis_url(url)
+            .and_then(|u| u.password().map(str::to_owned).filter(|p| !p.is_empty()))
+        {
             message = message.replace(&password, "***");
         }
         message = message.replace(url, &redacted_url(url));
@@ -201,7 +196,9 @@ impl Store for RedisStore {
             let key = self.key(profile);
             let fields: std::collections::HashMap<String, String> = self
                 .run("reading the tokens", move |mut c| {
-                    Box::pin(async move { redis::cmd("HGETALL").arg(key).query_async(&mut c).await })
+                    Box::pin(
+                        async move { redis::cmd("HGETALL").arg(key).query_async(&mut c).await },
+                    )
                 })
                 .await?;
             let version = number(&fields, "v").unwrap_or(0);
