@@ -119,6 +119,9 @@ struct Ledger {
     /// Calls to hold without answering (and without spending the token).
     hang_next: usize,
     calls: usize,
+    /// Access tokens the API answers "expired" (TikTok 105002) for, and how often it did.
+    rejected: HashSet<String>,
+    rejections: usize,
 }
 
 fn now_secs() -> u64 {
@@ -177,6 +180,10 @@ impl World {
                 .header_str("x-tts-access-token")
                 .unwrap_or_default()
                 .to_owned();
+            if ledger.rejected.contains(&token) {
+                ledger.rejections += 1;
+                return Some(Behaviour::tiktok_error(200, 105002, "access token expired"));
+            }
             let fresh = ledger
                 .issued
                 .get(&token)
@@ -622,4 +629,161 @@ async fn store_migrate_moves_the_token_file_into_redis() {
         "no new grant: the migrated token was used"
     );
     assert!(world.ledger(|l| l.used.contains("TTP_access_1")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_answer_on_one_replica_invalidates_the_token_for_all() {
+    let redis = Redis::start();
+    let world = World::new(3600);
+    let root = tempfile::tempdir().unwrap();
+    let config = world.config(&redis_store(&redis));
+    let a = Binary::start(&world, &root.path().join("a"), &config).await;
+    a.wait_ready().await;
+    let b = Binary::start(&world, &root.path().join("b"), &config).await;
+    b.wait_ready().await;
+    let (a_client, b_client) = (a.client(), b.client());
+    assert_eq!(get(&b_client).await.0, 200);
+    assert_eq!(world.ledger(|l| l.grants), 1);
+
+    world
+        .ledger
+        .lock()
+        .unwrap()
+        .rejected
+        .insert("TTP_access_1".into());
+    let (status, body) = get(&a_client).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(world.ledger(|l| (l.grants, l.rejections)), (2, 1));
+    // B checks its cached token against Redis at most a second later: it never sends the dead one.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    for _ in 0..3 {
+        let (status, body) = get(&b_client).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    assert_eq!(
+        world.ledger(|l| (l.grants, l.rejections)),
+        (2, 1),
+        "B used the new token without being told it expired"
+    );
+    assert!(world.ledger(|l| l.reused.is_empty()));
+}
+
+/// The store itself against a real Redis, as the README's ACL user: a write against an old
+/// version is refused (a lost lease never overwrites a newer pair), and a release frees only
+/// its holder's lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_write_is_refused_and_a_release_frees_only_its_own_lease() {
+    use signproxy::token::backend::Store as _;
+    use signproxy::token::store::StoredProfile;
+    let redis = Redis::start();
+    // The ACL user the README recommends: only the prefix, only the commands signproxy sends.
+    let acl = [
+        "ACL",
+        "SETUSER",
+        "signproxy",
+        "on",
+        ">s3cret-pw",
+        "~signproxy:*",
+        "+@connection",
+        "+hgetall",
+        "+hget",
+        "+hset",
+        "+hdel",
+        "+get",
+        "+set",
+        "+del",
+        "+eval",
+        "+evalsha",
+        "+script|load",
+    ];
+    redis.query(&acl).unwrap();
+    let settings = signproxy::config::RedisSettings {
+        url: signproxy::secret::Secret::new(format!(
+            "redis://signproxy:s3cret-pw@127.0.0.1:{}/0",
+            redis.port
+        )),
+        key_prefix: "signproxy:".into(),
+        connect_timeout: Duration::from_secs(1),
+        response_timeout: Duration::from_secs(1),
+    };
+    let store = signproxy::token::redis_store::RedisStore::new(&settings).unwrap();
+    let pair = |rt: &str| StoredProfile {
+        seed: "seed".into(),
+        access_token: Some(format!("at-{rt}")),
+        expires_at: Some(2_000_000_000),
+        obtained_at: Some(1_000),
+        refresh_token: Some(rt.into()),
+        refresh_expires_at: None,
+    };
+    assert_eq!(store.load("p").await.unwrap().version, 0);
+    assert_eq!(store.put("p", 0, pair("rt-1")).await.unwrap(), Some(1));
+    assert_eq!(store.put("p", 1, pair("rt-2")).await.unwrap(), Some(2));
+    // A replica that refreshed from version 1 (its lease ran out meanwhile) is refused.
+    assert_eq!(store.put("p", 1, pair("rt-stale")).await.unwrap(), None);
+    let loaded = store.load("p").await.unwrap();
+    assert_eq!(loaded.version, 2);
+    assert_eq!(
+        loaded.profile.unwrap().refresh_token.as_deref(),
+        Some("rt-2")
+    );
+
+    let lease = store
+        .acquire("p", Duration::from_millis(300))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        store
+            .acquire("p", Duration::from_secs(5))
+            .await
+            .unwrap()
+            .is_none(),
+        "held"
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let next = store
+        .acquire("p", Duration::from_secs(5))
+        .await
+        .unwrap()
+        .unwrap();
+    // The first holder, late, must not free the second's lease.
+    store.release(&lease).await.unwrap();
+    assert!(
+        redis.exists("signproxy:p:lease"),
+        "the late release freed another's lease"
+    );
+    store.release(&next).await.unwrap();
+    assert!(!redis.exists("signproxy:p:lease"));
+
+    // Invalidation drops only the named access token, keeping the version and refresh token.
+    store.invalidate("p", "at-other").await.unwrap();
+    assert!(store
+        .load("p")
+        .await
+        .unwrap()
+        .profile
+        .unwrap()
+        .access_token
+        .is_some());
+    store.invalidate("p", "at-rt-2").await.unwrap();
+    let loaded = store.load("p").await.unwrap();
+    assert_eq!(loaded.version, 2);
+    let stored = loaded.profile.unwrap();
+    assert_eq!(stored.access_token, None);
+    assert_eq!(stored.refresh_token.as_deref(), Some("rt-2"));
+
+    // Outside the prefix the ACL refuses: the limit is real, and the error hides the password.
+    let outside = signproxy::config::RedisSettings {
+        key_prefix: "other:".into(),
+        ..settings
+    };
+    let refused = signproxy::token::redis_store::RedisStore::new(&outside).unwrap();
+    let e = refused
+        .load("p")
+        .await
+        .err()
+        .expect("refused by the ACL")
+        .to_string();
+    assert!(e.contains("NOPERM") || e.contains("permission"), "{e}");
+    assert!(!e.contains("s3cret-pw"), "{e}");
 }
