@@ -1525,6 +1525,64 @@ mod tests {
     }
 
     #[test]
+    fn store_defaults_to_the_file_and_redis_needs_a_redis_url() {
+        assert!(matches!(parse("").unwrap().store, StoreSettings::File));
+        let redis = parse(
+            "[store]\nbackend = \"redis\"\nurl = \"rediss://u:hunter2@redis.internal:6380/1\"\n",
+        )
+        .unwrap();
+        let StoreSettings::Redis(settings) = &redis.store else {
+            panic!("not redis");
+        };
+        assert_eq!(settings.key_prefix, DEFAULT_STORE_KEY_PREFIX);
+        assert_eq!(settings.connect_timeout, Duration::from_millis(2000));
+        let shown = format!("{:?}", redis.store);
+        assert!(shown.contains("rediss://redis.internal:6380/1"), "{shown}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+
+        for (text, key, says) in [
+            ("[store]\nbackend = \"redis\"\n", "store.url", "needs url"),
+            (
+                "[store]\nbackend = \"memcached\"\n",
+                "store.backend",
+                "unknown backend",
+            ),
+            (
+                "[store]\nkey_prefix = \"x:\"\n",
+                "store.key_prefix",
+                "only applies",
+            ),
+            (
+                "[store]\nbackend = \"redis\"\nurl = \"http://u:hunter2@h/\"\n",
+                "store.url",
+                "redis:// or rediss://",
+            ),
+            (
+                "[store]\nbackend = \"redis\"\nurl = \"redis://h\"\nkey_prefix = \"\"\n",
+                "store.key_prefix",
+                "must not be empty",
+            ),
+            (
+                "[store]\nbackend = \"redis\"\nurl = \"redis://h\"\nconnect_timeout_ms = 0\n",
+                "store.connect_timeout_ms",
+                "at least 1",
+            ),
+        ] {
+            let e = parse(text).unwrap_err();
+            assert_eq!(e.key.as_deref(), Some(key), "{text}: {e}");
+            assert!(e.message.contains(says), "{text}: {e}");
+            assert!(!e.to_string().contains("hunter2"), "{e}");
+        }
+    }
+
+    #[test]
+    fn redis_urls_are_shown_without_credentials() {
+        assert_eq!(redacted_url("redis://:pw@h:1/0"), "redis://h:1/0");
+        assert_eq!(redacted_url("rediss://u:p@ss@h/2?x=pw"), "rediss://h/2");
+        assert_eq!(redacted_url("redis://h"), "redis://h");
+    }
+
+    #[test]
     fn config_error_never_contains_the_secret() {
         let e = parse("[tiktok.d]\napp_key=\"\"\napp_secret=\"supersecret-xyz\"\n").unwrap_err();
         assert!(!format!("{e} {e:?}").contains("supersecret-xyz"));

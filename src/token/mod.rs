@@ -41,6 +41,8 @@ const RESTRICTED_CACHE_MAX: usize = 10_000;
 /// With a shared store, a cached token is checked against the store at most this often (another
 /// replica may have been told it expired).
 const SHARED_SYNC_MS: u64 = 1_000;
+/// The longest a request with a fresh cached token waits for that check.
+const SYNC_BUDGET: Duration = Duration::from_millis(250);
 /// While another replica holds the refresh lease, look for its new token this often.
 const LEASE_POLL_MS: u64 = 50;
 
@@ -310,7 +312,8 @@ impl TokenManager {
             if !self.sync_due(&entry, now) {
                 return Ok(Some(access.token));
             }
-            self.sync(&entry, now).await;
+            // A slow store costs a request at most this much: the cached token is still good.
+            let _ = tokio::time::timeout(SYNC_BUDGET, self.sync(&entry, now)).await;
             if let Some(access) = entry.fresh_access(now) {
                 return Ok(Some(access.token));
             }
