@@ -24,6 +24,8 @@ pub struct Lease {
     pub profile: String,
     /// Random, so that a release only ever deletes this holder's lease.
     pub id: String,
+    /// When it was asked for: it ends its time-to-live after this, at the latest.
+    pub taken_at: std::time::Instant,
 }
 
 pub trait Store: Send + Sync {
@@ -87,6 +89,7 @@ impl Store for FileBackend {
         let lease = Lease {
             profile: profile.to_owned(),
             id: String::new(),
+            taken_at: std::time::Instant::now(),
         };
         Box::pin(async move { Ok(Some(lease)) })
     }

@@ -16,7 +16,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 
 use crate::clock::Timestamp;
-use crate::config::{Config, Profile, RedisSettings, StoreSettings};
+use crate::config::{Config, Profile, StoreSettings};
 pub use crate::marketplace::TokenSource;
 use crate::marketplace::{RestrictedResource, TokenEndpoint};
 use crate::metrics::{Metrics, Outcome};
@@ -45,6 +45,8 @@ const SHARED_SYNC_MS: u64 = 1_000;
 const SYNC_BUDGET: Duration = Duration::from_millis(250);
 /// While another replica holds the refresh lease, look for its new token this often.
 const LEASE_POLL_MS: u64 = 50;
+/// A refresh stops waiting for the token endpoint this long before its lease runs out.
+const LEASE_MARGIN: Duration = Duration::from_millis(200);
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum TokenError {
@@ -156,13 +158,9 @@ fn open_store(config: &Config) -> Result<(Held, Option<String>), StoreError> {
             Ok((Held::File(Arc::new(store)), warning))
         }
         StoreSettings::Redis(settings) => {
-            Ok((Held::Redis(Arc::new(redis_store_for(settings)?)), None))
+            Ok((Held::Redis(Arc::new(RedisStore::new(settings)?)), None))
         }
     }
-}
-
-fn redis_store_for(settings: &RedisSettings) -> Result<RedisStore, StoreError> {
-    RedisStore::new(settings)
 }
 
 /// Owns every managed profile's tokens.
@@ -562,6 +560,17 @@ impl TokenManager {
                 .filter(|until| now < *until)
                 .map(|_| state.last_error.clone().unwrap_or_default())
         };
+        if cooling.is_some() {
+            // Another replica may have refreshed meanwhile.
+            if let Some(store) = self.store.as_ref().filter(|s| s.shared()) {
+                if let Ok(loaded) = store.load(&entry.name).await {
+                    if let Some(token) = self.adopt(entry, loaded, now, rejected) {
+                        self.metrics.token_adopted(&entry.name);
+                        return Ok(token);
+                    }
+                }
+            }
+        }
         if let Some(last_error) = cooling {
             return match entry.valid_access(now) {
                 Some(access) => Ok(access.token),
@@ -579,7 +588,13 @@ impl TokenManager {
                 };
             }
         };
-        let fetched = self.fetch(entry, now).await;
+        // A shared lease runs out: the endpoint's answer must come back before it does, or
+        // another replica may send the same single-use refresh token.
+        let budget = self.store.as_ref().filter(|s| s.shared()).map(|_| {
+            self.lease_ttl
+                .saturating_sub(lease.taken_at.elapsed() + LEASE_MARGIN)
+        });
+        let fetched = self.fetch(entry, now, budget).await;
         if let Some(store) = self.store.as_ref().filter(|s| s.shared()) {
             if let Err(e) = store.release(&lease).await {
                 self.metrics.token_store_error("release");
@@ -617,14 +632,28 @@ impl TokenManager {
     }
 
     /// One call to the token endpoint; the result is persisted before it is used.
-    async fn fetch(&self, entry: &Entry, now: Timestamp) -> Result<Access, String> {
+    async fn fetch(
+        &self,
+        entry: &Entry,
+        now: Timestamp,
+        budget: Option<Duration>,
+    ) -> Result<Access, String> {
         let refresh_token = entry.lock().refresh_token.clone();
         let request = entry
             .endpoint
             .grant_request(refresh_token.as_ref(), now)
             .map_err(|e| e.to_string())?;
         // Never log the request: a grant request may carry the app secret, even in its URL.
-        let (status, body) = self.exchange(request, "the token endpoint").await?;
+        let exchange = self.exchange(request, "the token endpoint");
+        let (status, body) = match budget {
+            None => exchange.await?,
+            Some(budget) => tokio::time::timeout(budget, exchange).await.map_err(|_| {
+                format!(
+                    "the token endpoint did not answer within the refresh lease ({} ms: [upstream] connect_timeout_ms + request_timeout_ms)",
+                    self.lease_ttl.as_millis()
+                )
+            })??,
+        };
         let grant = match entry.endpoint.parse_grant(status, &body, now) {
             Ok(grant) => grant,
             Err(e) => {
@@ -897,6 +926,7 @@ impl TokenManager {
         let own = || backend::Lease {
             profile: entry.name.clone(),
             id: String::new(),
+            taken_at: std::time::Instant::now(),
         };
         let Some(store) = self.store.as_ref().filter(|s| s.shared()) else {
             return Ok(Taken::Lease(own()));

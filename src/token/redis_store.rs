@@ -253,6 +253,7 @@ impl Store for RedisStore {
     fn acquire<'a>(&'a self, profile: &'a str, ttl: Duration) -> StoreFuture<'a, Option<Lease>> {
         Box::pin(async move {
             let id = lease_id();
+            let taken_at = Instant::now();
             let key = self.lease_key(profile);
             let value = id.clone();
             let millis = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
@@ -273,6 +274,7 @@ impl Store for RedisStore {
             Ok(set.map(|_| Lease {
                 profile: profile.to_owned(),
                 id,
+                taken_at,
             }))
         })
     }
