@@ -284,6 +284,7 @@ async fn serve(path: PathBuf, config: Arc<Config>, sandbox_flag: bool) -> Result
         "signproxy listening"
     );
     tracing::info!("{}", access_line(&config));
+    tracing::info!("{}", store_line(&config));
     for line in route_lines(&config) {
         tracing::info!("route {line}");
     }
@@ -308,6 +309,22 @@ async fn serve(path: PathBuf, config: Arc<Config>, sandbox_flag: bool) -> Result
     served.map_err(|e| e.to_string())?;
     tracing::info!("signproxy stopped");
     Ok(())
+}
+
+/// Where managed tokens are kept (never the Redis URL's credentials).
+fn store_line(config: &Config) -> String {
+    match &config.store {
+        _ if config.sandbox.enabled => "token store: memory (sandbox)".to_owned(),
+        crate::config::StoreSettings::File => format!(
+            "token store: file {}",
+            TokenStore::path_in(&config.proxy.state_dir).display()
+        ),
+        crate::config::StoreSettings::Redis(redis) => format!(
+            "token store: redis {} (key prefix {:?}), shared by every replica",
+            crate::config::redacted_url(redis.url.expose()),
+            redis.key_prefix
+        ),
+    }
 }
 
 /// What `run` says (and `check` prints) when the sandbox answers in the marketplaces' place.
@@ -620,6 +637,7 @@ fn check(flag: Option<PathBuf>) -> Result<(), String> {
         let _ = writeln!(out, "admin {admin} (/healthz /readyz /metrics)");
     }
     let _ = writeln!(out, "{}", access_line(&config));
+    let _ = writeln!(out, "{}", store_line(&config));
     for line in route_lines(&config) {
         let _ = writeln!(out, "route {line}");
     }

@@ -611,6 +611,19 @@ async fn store_migrate_moves_the_token_file_into_redis() {
         !stdout.contains("TTP_access") && !stdout.contains("rt-1"),
         "{stdout}"
     );
+    let check = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(root.path().join("signproxy.toml"))
+        .output()
+        .unwrap();
+    let checked = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        checked.contains(&format!(
+            "token store: redis redis://127.0.0.1:{}/0 (key prefix \"test:\")",
+            redis.port
+        )),
+        "{checked}"
+    );
     let again = migrate();
     let stdout = String::from_utf8_lossy(&again.stdout);
     assert!(again.status.success());
