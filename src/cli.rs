@@ -96,6 +96,11 @@ enum Command {
         #[arg(required = true, num_args = 1..=2)]
         request: Vec<String>,
     },
+    /// Manage the token store ([store] in the config).
+    Store {
+        #[command(subcommand)]
+        action: StoreAction,
+    },
     /// Probe a running signproxy's admin port (for container health checks): exit 0 when ready.
     Health {
         /// Config file whose [admin] listen to probe (same default as `run`).
@@ -107,6 +112,23 @@ enum Command {
         /// Only check that the process answers (/healthz), not that it is ready (/readyz).
         #[arg(long)]
         live: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum StoreAction {
+    /// Copy every profile's tokens from the state folder's tokens.json into the Redis store the
+    /// config's [store] names. Profiles Redis already holds are left alone (say so). Run it once,
+    /// before the first replica starts with backend = "redis".
+    Migrate {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Where the tokens are now: file.
+        #[arg(long, value_parser = ["file"])]
+        from: String,
+        /// Where they go: redis.
+        #[arg(long, value_parser = ["redis"])]
+        to: String,
     },
 }
 
@@ -153,6 +175,9 @@ pub fn main() -> ExitCode {
         Command::Ca { action } => ca(action),
         Command::Sign(args) => sign(args),
         Command::Health { config, addr, live } => health(config, addr, live),
+        Command::Store {
+            action: StoreAction::Migrate { config, .. },
+        } => store_migrate(config),
         Command::Doctor {
             config,
             profile,
@@ -259,6 +284,7 @@ async fn serve(path: PathBuf, config: Arc<Config>, sandbox_flag: bool) -> Result
         "signproxy listening"
     );
     tracing::info!("{}", access_line(&config));
+    tracing::info!("{}", store_line(&config));
     for line in route_lines(&config) {
         tracing::info!("route {line}");
     }
@@ -283,6 +309,22 @@ async fn serve(path: PathBuf, config: Arc<Config>, sandbox_flag: bool) -> Result
     served.map_err(|e| e.to_string())?;
     tracing::info!("signproxy stopped");
     Ok(())
+}
+
+/// Where managed tokens are kept (never the Redis URL's credentials).
+fn store_line(config: &Config) -> String {
+    match &config.store {
+        _ if config.sandbox.enabled => "token store: memory (sandbox)".to_owned(),
+        crate::config::StoreSettings::File => format!(
+            "token store: file {}",
+            TokenStore::path_in(&config.proxy.state_dir).display()
+        ),
+        crate::config::StoreSettings::Redis(redis) => format!(
+            "token store: redis {} (key prefix {:?}), shared by every replica",
+            crate::config::redacted_url(redis.url.expose()),
+            redis.key_prefix
+        ),
+    }
 }
 
 /// What `run` says (and `check` prints) when the sandbox answers in the marketplaces' place.
@@ -516,6 +558,64 @@ fn ca(action: CaAction) -> Result<(), String> {
     }
 }
 
+/// `store migrate --from file --to redis`: each profile's pair, written only where Redis holds
+/// nothing for it yet (compare-and-swap against "absent"), so a running fleet is never undone.
+fn store_migrate(flag: Option<PathBuf>) -> Result<(), String> {
+    use crate::token::backend::Store as _;
+    let config = load(flag)?;
+    let crate::config::StoreSettings::Redis(settings) = &config.store else {
+        return Err(format!(
+            "{}: [store] backend is \"file\": set backend = \"redis\" and url first, then migrate",
+            config.source.display()
+        ));
+    };
+    let path = TokenStore::path_in(&config.proxy.state_dir);
+    if !path.exists() {
+        return Err(format!(
+            "no token file at {}: nothing to migrate (check [proxy] state_dir)",
+            path.display()
+        ));
+    }
+    let (file, warning) = TokenStore::open(&config.proxy.state_dir).map_err(|e| e.to_string())?;
+    if let Some(warning) = warning {
+        return Err(warning);
+    }
+    let redis = crate::token::redis_store::RedisStore::new(settings).map_err(|e| e.to_string())?;
+    runtime()?.block_on(async move {
+        let mut out = std::io::stdout().lock();
+        let (mut moved, mut kept) = (0, 0);
+        for name in file.names() {
+            let Some(entry) = file.get(&name) else {
+                continue;
+            };
+            let current = redis.load(&name).await.map_err(|e| e.to_string())?;
+            if current.profile.is_some() {
+                kept += 1;
+                let _ = writeln!(out, "{name}: already in {}, left alone", redis.describe());
+                continue;
+            }
+            match redis.put(&name, current.version, entry).await {
+                Ok(Some(_)) => {
+                    moved += 1;
+                    let _ = writeln!(out, "{name}: moved");
+                }
+                Ok(None) => {
+                    kept += 1;
+                    let _ = writeln!(out, "{name}: a replica stored tokens meanwhile, left alone");
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        let _ = writeln!(
+            out,
+            "{moved} profile(s) moved to {}, {kept} left alone; {} is no longer used with backend = \"redis\" (delete it once the replicas run)",
+            redis.describe(),
+            path.display()
+        );
+        Ok(())
+    })
+}
+
 fn check(flag: Option<PathBuf>) -> Result<(), String> {
     let path = config::resolve_path(flag.as_deref());
     let config = Config::load(&path).map_err(|e| e.to_string())?;
@@ -537,6 +637,7 @@ fn check(flag: Option<PathBuf>) -> Result<(), String> {
         let _ = writeln!(out, "admin {admin} (/healthz /readyz /metrics)");
     }
     let _ = writeln!(out, "{}", access_line(&config));
+    let _ = writeln!(out, "{}", store_line(&config));
     for line in route_lines(&config) {
         let _ = writeln!(out, "route {line}");
     }

@@ -35,7 +35,9 @@ pub const DEFAULT_MAX_BUFFERED_BYTES: u64 = 256 * 1024 * 1024;
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
 pub const DEFAULT_PASSTHROUGH_PORTS: [u16; 1] = [443];
 /// The top-level tables besides the marketplaces'.
-const SECTIONS: [&str; 6] = ["proxy", "upstream", "mitm", "admin", "log", "sandbox"];
+const SECTIONS: [&str; 7] = [
+    "proxy", "upstream", "mitm", "admin", "log", "sandbox", "store",
+];
 
 /// How errors name a config given as text rather than a file.
 const INLINE_SOURCE: &str = "<inline config>";
@@ -59,6 +61,7 @@ pub struct Config {
     pub admin: AdminSettings,
     pub log: LogSettings,
     pub sandbox: SandboxSettings,
+    pub store: StoreSettings,
     pub profiles: Vec<Arc<Profile>>,
     /// Problems that do not stop signproxy but should be fixed (a config file with literal
     /// secrets, or a secret file, that group or others can read). `check` prints them, `run`
@@ -183,6 +186,54 @@ pub struct SandboxSettings {
     pub listen: SocketAddr,
 }
 
+/// `[store]`: where managed tokens are kept.
+#[derive(Debug, Clone)]
+pub enum StoreSettings {
+    /// `tokens.json` in the state folder: one replica.
+    File,
+    /// A Redis server shared by many replicas.
+    Redis(RedisSettings),
+}
+
+/// `[store] backend = "redis"`. The URL holds the password: no `Debug` of its value.
+#[derive(Clone)]
+pub struct RedisSettings {
+    pub url: Secret,
+    pub key_prefix: String,
+    pub connect_timeout: Duration,
+    pub response_timeout: Duration,
+}
+
+impl std::fmt::Debug for RedisSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisSettings")
+            .field("url", &redacted_url(self.url.expose()))
+            .field("key_prefix", &self.key_prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PartialEq for RedisSettings {
+    fn eq(&self, other: &Self) -> bool {
+        self.url == other.url
+            && self.key_prefix == other.key_prefix
+            && self.connect_timeout == other.connect_timeout
+            && self.response_timeout == other.response_timeout
+    }
+}
+
+/// A Redis URL without its user and password: `rediss://host:6380/0`, for logs and errors.
+pub fn redacted_url(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("redis", url));
+    let rest = rest.rsplit_once('@').map(|(_, host)| host).unwrap_or(rest);
+    let rest = rest.split(['?', '#']).next().unwrap_or_default();
+    format!("{scheme}://{rest}")
+}
+
+pub const DEFAULT_STORE_KEY_PREFIX: &str = "signproxy:";
+pub const DEFAULT_STORE_CONNECT_TIMEOUT_MS: u64 = 2_000;
+pub const DEFAULT_STORE_RESPONSE_TIMEOUT_MS: u64 = 2_000;
+
 /// The default `[sandbox] token_ttl_secs`: two hours, as eBay grants.
 pub const DEFAULT_SANDBOX_TOKEN_TTL_SECS: u64 = 7200;
 const DEFAULT_SANDBOX_LISTEN: &str = "127.0.0.1:8443";
@@ -239,6 +290,18 @@ struct RawConfig {
     log: RawLog,
     #[serde(default)]
     sandbox: RawSandbox,
+    #[serde(default)]
+    store: RawStore,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    backend: Option<String>,
+    url: Option<SecretRef>,
+    key_prefix: Option<String>,
+    connect_timeout_ms: Option<u64>,
+    response_timeout_ms: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -465,6 +528,7 @@ impl Config {
                 "must be at least 1".into(),
             ));
         }
+        let store = ctx.store(&raw.store)?;
         let sandbox = SandboxSettings {
             enabled: raw.sandbox.enabled,
             token_ttl_secs,
@@ -608,6 +672,7 @@ impl Config {
             admin,
             log,
             sandbox,
+            store,
             profiles,
             warnings,
         })
@@ -712,6 +777,86 @@ impl Ctx<'_> {
         match value.unwrap_or(default) {
             0 => Err(self.fail(key, format!("must be at least 1 (default {default})"))),
             ms => Ok(Duration::from_millis(ms)),
+        }
+    }
+
+    fn store(&self, raw: &RawStore) -> Result<StoreSettings, ConfigError> {
+        let redis_only = [
+            ("store.url", raw.url.is_some()),
+            ("store.key_prefix", raw.key_prefix.is_some()),
+            ("store.connect_timeout_ms", raw.connect_timeout_ms.is_some()),
+            (
+                "store.response_timeout_ms",
+                raw.response_timeout_ms.is_some(),
+            ),
+        ];
+        match raw.backend.as_deref().unwrap_or("file") {
+            "file" => match redis_only.iter().find(|(_, set)| *set) {
+                Some((key, _)) => Err(self.fail(
+                    key,
+                    "only applies to backend = \"redis\": remove it, or set [store] backend = \"redis\"",
+                )),
+                None => Ok(StoreSettings::File),
+            },
+            "redis" => {
+                let url = match &raw.url {
+                    Some(r) => self.secret("store.url", r)?,
+                    None => {
+                        return Err(self.fail(
+                            "store.url",
+                            "backend = \"redis\" needs url, e.g. { env = \"SIGNPROXY_REDIS_URL\" } holding rediss://user:password@host:6380/0",
+                        ))
+                    }
+                };
+                let text = url.expose();
+                if !(text.starts_with("redis://") || text.starts_with("rediss://")) {
+                    return Err(self.fail(
+                        "store.url",
+                        format!(
+                            "must start with redis:// or rediss:// (TLS); got {}",
+                            redacted_url(text)
+                        ),
+                    ));
+                }
+                if let Err(e) = redis::Client::open(text) {
+                    return Err(self.fail(
+                        "store.url",
+                        format!(
+                            "is not a valid Redis URL ({:?}): {}",
+                            e.kind(),
+                            redacted_url(text)
+                        ),
+                    ));
+                }
+                let key_prefix = raw
+                    .key_prefix
+                    .clone()
+                    .unwrap_or_else(|| DEFAULT_STORE_KEY_PREFIX.to_owned());
+                if key_prefix.is_empty() {
+                    return Err(self.fail(
+                        "store.key_prefix",
+                        format!("must not be empty (default {DEFAULT_STORE_KEY_PREFIX:?}): it keeps signproxy's keys apart, and ACLs can grant exactly them"),
+                    ));
+                }
+                Ok(StoreSettings::Redis(RedisSettings {
+                    url,
+                    key_prefix,
+                    connect_timeout: self.millis(
+                        "store.connect_timeout_ms",
+                        raw.connect_timeout_ms,
+                        DEFAULT_STORE_CONNECT_TIMEOUT_MS,
+                    )?,
+                    response_timeout: self.millis(
+                        "store.response_timeout_ms",
+                        raw.response_timeout_ms,
+                        DEFAULT_STORE_RESPONSE_TIMEOUT_MS,
+                    )?,
+                }))
+            }
+            other => Err(self.fail(
+                "store.backend",
+                format!("unknown backend {other:?}: use \"file\" (the default) or \"redis\""),
+            )),
         }
     }
 
@@ -1377,6 +1522,64 @@ mod tests {
             .map(|h| h.to_string())
             .collect();
         assert_eq!(hosts, ["x.example.com", "*.shop.example"]);
+    }
+
+    #[test]
+    fn store_defaults_to_the_file_and_redis_needs_a_redis_url() {
+        assert!(matches!(parse("").unwrap().store, StoreSettings::File));
+        let redis = parse(
+            "[store]\nbackend = \"redis\"\nurl = \"rediss://u:hunter2@redis.internal:6380/1\"\n",
+        )
+        .unwrap();
+        let StoreSettings::Redis(settings) = &redis.store else {
+            panic!("not redis");
+        };
+        assert_eq!(settings.key_prefix, DEFAULT_STORE_KEY_PREFIX);
+        assert_eq!(settings.connect_timeout, Duration::from_millis(2000));
+        let shown = format!("{:?}", redis.store);
+        assert!(shown.contains("rediss://redis.internal:6380/1"), "{shown}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+
+        for (text, key, says) in [
+            ("[store]\nbackend = \"redis\"\n", "store.url", "needs url"),
+            (
+                "[store]\nbackend = \"memcached\"\n",
+                "store.backend",
+                "unknown backend",
+            ),
+            (
+                "[store]\nkey_prefix = \"x:\"\n",
+                "store.key_prefix",
+                "only applies",
+            ),
+            (
+                "[store]\nbackend = \"redis\"\nurl = \"http://u:hunter2@h/\"\n",
+                "store.url",
+                "redis:// or rediss://",
+            ),
+            (
+                "[store]\nbackend = \"redis\"\nurl = \"redis://h\"\nkey_prefix = \"\"\n",
+                "store.key_prefix",
+                "must not be empty",
+            ),
+            (
+                "[store]\nbackend = \"redis\"\nurl = \"redis://h\"\nconnect_timeout_ms = 0\n",
+                "store.connect_timeout_ms",
+                "at least 1",
+            ),
+        ] {
+            let e = parse(text).unwrap_err();
+            assert_eq!(e.key.as_deref(), Some(key), "{text}: {e}");
+            assert!(e.message.contains(says), "{text}: {e}");
+            assert!(!e.to_string().contains("hunter2"), "{e}");
+        }
+    }
+
+    #[test]
+    fn redis_urls_are_shown_without_credentials() {
+        assert_eq!(redacted_url("redis://:pw@h:1/0"), "redis://h:1/0");
+        assert_eq!(redacted_url("rediss://u:p@ss@h/2?x=pw"), "rediss://h/2");
+        assert_eq!(redacted_url("redis://h"), "redis://h");
     }
 
     #[test]

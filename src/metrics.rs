@@ -70,6 +70,11 @@ pub struct RefreshLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OperationLabels {
+    pub operation: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {
     pub outcome: Outcome,
 }
@@ -114,6 +119,10 @@ pub struct Metrics {
     upstream_seconds: Family<ProfileLabels, Histogram>,
     signing_failures: Family<ReasonLabels, Counter>,
     token_refreshes: Family<RefreshLabels, Counter>,
+    token_adoptions: Family<ProfileLabels, Counter>,
+    token_lease_waits: Family<ProfileLabels, Counter>,
+    token_store_conflicts: Family<ProfileLabels, Counter>,
+    token_store_errors: Family<OperationLabels, Counter>,
     body_limit_rejections: Counter,
     config_reloads: Family<OutcomeLabels, Counter>,
     connections_refused: Counter,
@@ -172,6 +181,30 @@ impl Metrics {
             "token_refreshes",
             "Calls to a token endpoint, by profile and outcome",
             token_refreshes.clone(),
+        );
+        let token_adoptions = Family::<ProfileLabels, Counter>::default();
+        registry.register(
+            "token_adoptions",
+            "Tokens taken from the shared store after another replica refreshed, by profile",
+            token_adoptions.clone(),
+        );
+        let token_lease_waits = Family::<ProfileLabels, Counter>::default();
+        registry.register(
+            "token_lease_waits",
+            "Refreshes that waited for another replica holding the shared store's lease",
+            token_lease_waits.clone(),
+        );
+        let token_store_conflicts = Family::<ProfileLabels, Counter>::default();
+        registry.register(
+            "token_store_conflicts",
+            "Refreshed tokens not stored because another replica stored newer ones first",
+            token_store_conflicts.clone(),
+        );
+        let token_store_errors = Family::<OperationLabels, Counter>::default();
+        registry.register(
+            "token_store_errors",
+            "Token store operations that failed (store unreachable), by operation",
+            token_store_errors.clone(),
         );
         let body_limit_rejections = Counter::default();
         registry.register(
@@ -235,6 +268,10 @@ impl Metrics {
             upstream_seconds,
             signing_failures,
             token_refreshes,
+            token_adoptions,
+            token_lease_waits,
+            token_store_conflicts,
+            token_store_errors,
             body_limit_rejections,
             config_reloads,
             connections_refused,
@@ -321,6 +358,36 @@ impl Metrics {
                 profile: profile.to_owned(),
                 outcome,
             })
+            .inc();
+    }
+
+    pub fn token_adopted(&self, profile: &str) {
+        self.token_adoptions
+            .get_or_create(&ProfileLabels {
+                profile: profile.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn token_lease_wait(&self, profile: &str) {
+        self.token_lease_waits
+            .get_or_create(&ProfileLabels {
+                profile: profile.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn token_store_conflict(&self, profile: &str) {
+        self.token_store_conflicts
+            .get_or_create(&ProfileLabels {
+                profile: profile.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn token_store_error(&self, operation: &'static str) {
+        self.token_store_errors
+            .get_or_create(&OperationLabels { operation })
             .inc();
     }
 

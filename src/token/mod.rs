@@ -3,22 +3,28 @@
 //! time per profile, a cooldown after failures), persists them before use, and never hands out a
 //! token past its expiry.
 
+pub mod backend;
+pub mod redis_store;
 pub mod store;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 
 use crate::clock::Timestamp;
-use crate::config::{Config, Profile};
+use crate::config::{Config, Profile, StoreSettings};
 pub use crate::marketplace::TokenSource;
 use crate::marketplace::{RestrictedResource, TokenEndpoint};
 use crate::metrics::{Metrics, Outcome};
 use crate::secret::Secret;
 use crate::upstream::{BoxError, Upstream};
-use store::{StoredProfile, TokenStore};
+use backend::{FileBackend, Store, Versioned};
+use redis_store::RedisStore;
+use store::{StoreError, StoredProfile, TokenStore};
 
 /// Up to this much extra, at random, so that many proxies do not refresh in the same second.
 const REFRESH_JITTER_SECS: u64 = 60;
@@ -40,6 +46,15 @@ const RESTRICTED_KEY_MAX: usize = 2048;
 const RESTRICTED_COOLDOWN_MS: u64 = 10_000;
 /// Failed mints remembered at once (past this the memory starts afresh).
 const RESTRICTED_FAILURES_MAX: usize = 1024;
+/// With a shared store, a cached token is checked against the store at most this often (another
+/// replica may have been told it expired).
+const SHARED_SYNC_MS: u64 = 1_000;
+/// The longest a request with a fresh cached token waits for that check.
+const SYNC_BUDGET: Duration = Duration::from_millis(250);
+/// While another replica holds the refresh lease, look for its new token this often.
+const LEASE_POLL_MS: u64 = 50;
+/// A refresh stops waiting for the token endpoint this long before its lease runs out.
+const LEASE_MARGIN: Duration = Duration::from_millis(200);
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum TokenError {
@@ -67,6 +82,8 @@ struct EntryState {
     /// No refresh before this (the clock's time): the backoff after failures.
     cooldown_until: Option<Timestamp>,
     last_error: Option<String>,
+    /// The store's version of the pair held (shared stores; 0: nothing stored).
+    version: u64,
 }
 
 struct Entry {
@@ -82,6 +99,8 @@ struct Entry {
     restricted: Mutex<HashMap<String, RestrictedSlot>>,
     /// Resources whose last mint failed: until when they are refused, and why.
     restricted_failures: Mutex<HashMap<String, (Timestamp, String)>>,
+    /// With a shared store: when (clock millis) the cached token is next checked against it.
+    next_sync_ms: AtomicU64,
 }
 
 type RestrictedSlot = Arc<tokio::sync::Mutex<Option<Access>>>;
@@ -158,10 +177,52 @@ impl Entry {
     }
 }
 
+/// Where the tokens are kept, and what identifies that place across reloads.
+#[derive(Clone)]
+enum Held {
+    File(Arc<TokenStore>),
+    Redis(Arc<RedisStore>),
+}
+
+impl Held {
+    fn store(&self) -> Arc<dyn Store> {
+        match self {
+            Held::File(file) => Arc::new(FileBackend(Arc::clone(file))),
+            Held::Redis(redis) => Arc::clone(redis) as Arc<dyn Store>,
+        }
+    }
+
+    fn serves(&self, config: &Config) -> bool {
+        match (self, &config.store) {
+            (Held::File(file), StoreSettings::File) => {
+                file.path() == TokenStore::path_in(&config.proxy.state_dir)
+            }
+            (Held::Redis(redis), StoreSettings::Redis(settings)) => redis.settings() == settings,
+            _ => false,
+        }
+    }
+}
+
+/// Opens the store `config` names (a Redis store connects on first use).
+fn open_store(config: &Config) -> Result<(Held, Option<String>), StoreError> {
+    match &config.store {
+        StoreSettings::File => {
+            let (store, warning) = TokenStore::open(&config.proxy.state_dir)?;
+            Ok((Held::File(Arc::new(store)), warning))
+        }
+        StoreSettings::Redis(settings) => {
+            Ok((Held::Redis(Arc::new(RedisStore::new(settings)?)), None))
+        }
+    }
+}
+
 /// Owns every managed profile's tokens.
 pub struct TokenManager {
     entries: HashMap<String, Arc<Entry>>,
-    store: Option<Arc<TokenStore>>,
+    held: Option<Held>,
+    store: Option<Arc<dyn Store>>,
+    /// The longest a refresh may hold the shared store's lease: the token endpoint's timeout.
+    lease_ttl: Duration,
     upstream: Upstream,
     metrics: Arc<Metrics>,
 }
@@ -193,21 +254,27 @@ impl TokenManager {
             .collect();
         let mut warnings = Vec::new();
         let reusable_store = previous
-            .and_then(|p| p.store.as_ref())
-            .filter(|s| s.path() == TokenStore::path_in(&config.proxy.state_dir))
+            .and_then(|p| p.held.as_ref())
+            .filter(|held| held.serves(config))
             .cloned();
-        let store = match reusable_store {
+        let held = match reusable_store {
             // The sandbox's tokens live in memory only: they must never replace (rotate away)
-            // the marketplace's refresh tokens in the state folder.
+            // the marketplace's refresh tokens in the state folder (or the shared store).
             _ if managed.is_empty() || config.sandbox.enabled => None,
             Some(shared) => Some(shared),
             None => {
-                let (store, warning) = TokenStore::open(&config.proxy.state_dir)
-                    .map_err(|e| TokenError::Store(Arc::new(e)))?;
+                let (held, warning) =
+                    open_store(config).map_err(|e| TokenError::Store(Arc::new(e)))?;
                 warnings.extend(warning);
-                Some(Arc::new(store))
+                Some(held)
             }
         };
+        // Only the file is read here: a shared store is read before each use.
+        let file = match &held {
+            Some(Held::File(file)) => Some(Arc::clone(file)),
+            _ => None,
+        };
+        let store = held.as_ref().map(Held::store);
         let now = now.secs();
         let mut entries = HashMap::new();
         for profile in managed {
@@ -228,7 +295,7 @@ impl TokenManager {
                 ..EntryState::default()
             };
             // Stored state wins only if it descends from the configured credential.
-            if let Some(stored) = store
+            if let Some(stored) = file
                 .as_ref()
                 .and_then(|s| s.get(&name))
                 .filter(|s| s.seed == seed)
@@ -265,13 +332,16 @@ impl TokenManager {
                     refreshing: tokio::sync::Mutex::new(()),
                     restricted: Mutex::new(HashMap::new()),
                     restricted_failures: Mutex::new(HashMap::new()),
+                    next_sync_ms: AtomicU64::new(0),
                 }),
             );
         }
         Ok((
             TokenManager {
                 entries,
+                held,
                 store,
+                lease_ttl: config.upstream.connect_timeout + config.upstream.request_timeout,
                 upstream,
                 metrics,
             },
@@ -291,7 +361,14 @@ impl TokenManager {
             TokenSource::Managed(_) => self.entry(profile)?,
         };
         if let Some(access) = entry.fresh_access(now) {
-            return Ok(Some(access.token));
+            if !self.sync_due(&entry, now) {
+                return Ok(Some(access.token));
+            }
+            // A slow store costs a request at most this much: the cached token is still good.
+            let _ = tokio::time::timeout(SYNC_BUDGET, self.sync(&entry, now)).await;
+            if let Some(access) = entry.fresh_access(now) {
+                return Ok(Some(access.token));
+            }
         }
         let _refreshing = match entry.refreshing.try_lock() {
             Ok(guard) => guard,
@@ -304,7 +381,7 @@ impl TokenManager {
         if let Some(access) = entry.fresh_access(now) {
             return Ok(Some(access.token));
         }
-        self.refresh_locked(&entry, now).await.map(Some)
+        self.refresh_locked(&entry, now, None).await.map(Some)
     }
 
     /// After the marketplace answered "token expired" for `rejected`: one refresh (unless another
@@ -328,7 +405,14 @@ impl TokenManager {
                 _ => {}
             }
         }
-        self.refresh_locked(&entry, now).await
+        // For every replica: the next one to look finds no access token in the store.
+        if let Some(store) = self.store.as_ref().filter(|s| s.shared()) {
+            if let Err(e) = store.invalidate(&entry.name, rejected.expose()).await {
+                self.metrics.token_store_error("invalidate");
+                tracing::warn!(profile = %entry.name, error = %e, "could not invalidate the expired access token in the shared store");
+            }
+        }
+        self.refresh_locked(&entry, now, Some(rejected)).await
     }
 
     /// The restricted token for `resource` on the API host `authority` (see
@@ -604,7 +688,12 @@ impl TokenManager {
 
     /// Refreshes with the entry's refresh lock held; on failure falls back to a still-valid
     /// token, else reports why none is available.
-    async fn refresh_locked(&self, entry: &Entry, now: Timestamp) -> Result<Secret, TokenError> {
+    async fn refresh_locked(
+        &self,
+        entry: &Entry,
+        now: Timestamp,
+        rejected: Option<&Secret>,
+    ) -> Result<Secret, TokenError> {
         let unavailable = |reason: String| TokenError::Unavailable {
             profile: entry.name.clone(),
             reason,
@@ -616,13 +705,48 @@ impl TokenManager {
                 .filter(|until| now < *until)
                 .map(|_| state.last_error.clone().unwrap_or_default())
         };
+        if cooling.is_some() {
+            // Another replica may have refreshed meanwhile.
+            if let Some(store) = self.store.as_ref().filter(|s| s.shared()) {
+                if let Ok(loaded) = store.load(&entry.name).await {
+                    if let Some(token) = self.adopt(entry, loaded, now, rejected) {
+                        self.metrics.token_adopted(&entry.name);
+                        return Ok(token);
+                    }
+                }
+            }
+        }
         if let Some(last_error) = cooling {
             return match entry.valid_access(now) {
                 Some(access) => Ok(access.token),
                 None => Err(unavailable(format!("{last_error} (retrying shortly)"))),
             };
         }
-        match self.fetch(entry, now).await {
+        let lease = match self.take_lease(entry, now, rejected).await {
+            Ok(Taken::Lease(lease)) => lease,
+            Ok(Taken::Adopted(token)) => return Ok(token),
+            Err(reason) => {
+                entry.lock().last_error = Some(reason.clone());
+                return match entry.valid_access(now) {
+                    Some(access) => Ok(access.token),
+                    None => Err(unavailable(reason)),
+                };
+            }
+        };
+        // A shared lease runs out: the endpoint's answer must come back before it does, or
+        // another replica may send the same single-use refresh token.
+        let budget = self.store.as_ref().filter(|s| s.shared()).map(|_| {
+            self.lease_ttl
+                .saturating_sub(lease.taken_at.elapsed() + LEASE_MARGIN)
+        });
+        let fetched = self.fetch(entry, now, budget).await;
+        if let Some(store) = self.store.as_ref().filter(|s| s.shared()) {
+            if let Err(e) = store.release(&lease).await {
+                self.metrics.token_store_error("release");
+                tracing::warn!(profile = %entry.name, error = %e, "could not release the refresh lease; it runs out by itself");
+            }
+        }
+        match fetched {
             Ok(access) => {
                 self.metrics.token_refresh(&entry.name, Outcome::Success);
                 tracing::info!(
@@ -653,19 +777,34 @@ impl TokenManager {
     }
 
     /// One call to the token endpoint; the result is persisted before it is used.
-    async fn fetch(&self, entry: &Entry, now: Timestamp) -> Result<Access, String> {
+    async fn fetch(
+        &self,
+        entry: &Entry,
+        now: Timestamp,
+        budget: Option<Duration>,
+    ) -> Result<Access, String> {
         let refresh_token = entry.lock().refresh_token.clone();
         let request = entry
             .endpoint
             .grant_request(refresh_token.as_ref(), now)
             .map_err(|e| e.to_string())?;
         // Never log the request: a grant request may carry the app secret, even in its URL.
-        let (status, body) = self.exchange(request, "the token endpoint").await?;
+        let exchange = self.exchange(request, "the token endpoint");
+        let (status, body) = match budget {
+            None => exchange.await?,
+            Some(budget) => tokio::time::timeout(budget, exchange).await.map_err(|_| {
+                format!(
+                    "the token endpoint did not answer within the refresh lease ({} ms: [upstream] connect_timeout_ms + request_timeout_ms)",
+                    self.lease_ttl.as_millis()
+                )
+            })??,
+        };
         let grant = match entry.endpoint.parse_grant(status, &body, now) {
             Ok(grant) => grant,
             Err(e) => {
                 if let Some(rotated) = entry.endpoint.salvage_refresh_token(&body) {
-                    self.keep_refresh_token(entry, rotated, None, now.secs());
+                    self.keep_refresh_token(entry, rotated, None, now.secs())
+                        .await;
                 }
                 return Err(e.to_string());
             }
@@ -673,7 +812,8 @@ impl TokenManager {
         let now = now.secs();
         if grant.expires_at <= now {
             if let Some(rotated) = grant.refresh_token {
-                self.keep_refresh_token(entry, rotated, grant.refresh_expires_at, now);
+                self.keep_refresh_token(entry, rotated, grant.refresh_expires_at, now)
+                    .await;
             }
             return Err(format!(
                 "the token endpoint granted a token that expired already (at {}, now {now}): check the machine's clock",
@@ -708,9 +848,27 @@ impl TokenManager {
                 refresh_expires_at,
             };
             // A rotated refresh token may have invalidated the old one: the new one must reach
-            // the disk before anything uses it. If it cannot, keep going in memory but say so.
-            if let Err(e) = store.put(&entry.name, stored) {
-                tracing::error!(profile = %entry.name, error = %e, "could not persist the new tokens; a restart would lose them");
+            // the store before anything uses it. If it cannot, keep going in memory but say so.
+            let expected = entry.lock().version;
+            match self
+                .put(store.as_ref(), &entry.name, expected, stored)
+                .await
+            {
+                Ok(Some(version)) => entry.lock().version = version,
+                Ok(None) => {
+                    // Only after a lost lease: the newer pair in the store wins.
+                    self.metrics.token_store_conflict(&entry.name);
+                    tracing::error!(profile = %entry.name, store = %store.describe(), "another replica stored newer tokens while this one refreshed (its lease ran out): keeping theirs");
+                    if let Ok(loaded) = store.load(&entry.name).await {
+                        self.adopt(entry, loaded, Timestamp::from_secs(now), None);
+                    }
+                    return Ok(entry
+                        .valid_access(Timestamp::from_secs(now))
+                        .unwrap_or(access));
+                }
+                Err(e) => {
+                    tracing::error!(profile = %entry.name, error = %e, "could not persist the new tokens; a restart would lose them");
+                }
             }
         }
         let mut state = entry.lock();
@@ -728,23 +886,23 @@ impl TokenManager {
     /// A half-failed refresh (an answer with a rotated refresh token but no usable access token):
     /// the refresh token sent may be spent already, so the new one replaces it, on disk first,
     /// and the access token in hand (if any) stays.
-    fn keep_refresh_token(
+    async fn keep_refresh_token(
         &self,
         entry: &Entry,
         rotated: Secret,
         expires_at: Option<u64>,
         now: u64,
     ) {
-        let mut state = entry.lock();
-        if state.refresh_token.as_ref() == Some(&rotated) {
-            return;
-        }
-        let refresh_expires_at = if entry.endpoint.refresh_expiry_carries_over() {
-            earlier(state.refresh_expires_at, expires_at)
-        } else {
-            expires_at
-        };
-        if let Some(store) = &self.store {
+        let (stored, expected) = {
+            let state = entry.lock();
+            if state.refresh_token.as_ref() == Some(&rotated) {
+                return;
+            }
+            let refresh_expires_at = if entry.endpoint.refresh_expiry_carries_over() {
+                earlier(state.refresh_expires_at, expires_at)
+            } else {
+                expires_at
+            };
             let access = state.access.as_ref().filter(|a| a.expires_at > now);
             let stored = StoredProfile {
                 seed: entry.seed.clone(),
@@ -754,17 +912,241 @@ impl TokenManager {
                 refresh_token: Some(rotated.expose().to_owned()),
                 refresh_expires_at,
             };
-            if let Err(e) = store.put(&entry.name, stored) {
-                tracing::error!(profile = %entry.name, error = %e, "could not persist the rotated refresh token; a restart would lose it");
+            (stored, state.version)
+        };
+        let refresh_expires_at = stored.refresh_expires_at;
+        if let Some(store) = &self.store {
+            match self
+                .put(store.as_ref(), &entry.name, expected, stored)
+                .await
+            {
+                Ok(Some(version)) => entry.lock().version = version,
+                Ok(None) => {
+                    self.metrics.token_store_conflict(&entry.name);
+                    tracing::error!(profile = %entry.name, "another replica stored newer tokens while this one refreshed: keeping theirs");
+                    return;
+                }
+                Err(e) => {
+                    tracing::error!(profile = %entry.name, error = %e, "could not persist the rotated refresh token; a restart would lose it");
+                }
             }
         }
         tracing::warn!(
             profile = %entry.name,
             "the token endpoint rotated the refresh token in an answer without a usable access token: keeping the new refresh token"
         );
+        let mut state = entry.lock();
         state.refresh_token = Some(rotated);
         state.refresh_expires_at = refresh_expires_at;
     }
+
+    /// A write that must not be lost (a rotated refresh token): a few tries within the lease.
+    async fn put(
+        &self,
+        store: &dyn Store,
+        profile: &str,
+        expected: u64,
+        entry: StoredProfile,
+    ) -> Result<Option<u64>, StoreError> {
+        let mut tries = 0;
+        loop {
+            match store.put(profile, expected, entry.clone()).await {
+                Ok(written) => return Ok(written),
+                Err(e) => {
+                    self.metrics.token_store_error("put");
+                    tries += 1;
+                    if tries >= 3 || !store.shared() {
+                        return Err(e);
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    }
+
+    /// Whether the cached token of `entry` is due a look at the shared store (one caller wins).
+    fn sync_due(&self, entry: &Entry, now: Timestamp) -> bool {
+        if !self.store.as_ref().is_some_and(|s| s.shared()) {
+            return false;
+        }
+        let next = entry.next_sync_ms.load(Ordering::Relaxed);
+        let now_ms = now.millis();
+        now_ms >= next
+            && entry
+                .next_sync_ms
+                .compare_exchange(
+                    next,
+                    now_ms.saturating_add(SHARED_SYNC_MS),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+    }
+
+    /// Takes what the shared store holds if it changed (a newer pair, or the access token
+    /// invalidated by another replica). Unreachable: keeps the cached token.
+    async fn sync(&self, entry: &Entry, now: Timestamp) {
+        let Some(store) = &self.store else {
+            return;
+        };
+        match store.load(&entry.name).await {
+            Ok(loaded) => {
+                let changed = {
+                    let state = entry.lock();
+                    let stored_access = loaded
+                        .profile
+                        .as_ref()
+                        .and_then(|p| p.access_token.as_deref());
+                    loaded.version != state.version
+                        || stored_access != state.access.as_ref().map(|a| a.token.expose())
+                };
+                if changed {
+                    self.adopt(entry, loaded, now, None);
+                }
+            }
+            Err(e) => {
+                self.metrics.token_store_error("load");
+                tracing::debug!(profile = %entry.name, error = %e, "shared token store unreachable; using the cached token");
+            }
+        }
+    }
+
+    /// Takes the stored pair (if it descends from the configured credential) into `entry`;
+    /// the access token when it is fresh and not `rejected`.
+    fn adopt(
+        &self,
+        entry: &Entry,
+        loaded: Versioned,
+        now: Timestamp,
+        rejected: Option<&Secret>,
+    ) -> Option<Secret> {
+        let now = now.secs();
+        let mut state = entry.lock();
+        state.version = loaded.version;
+        let stored = loaded.profile.filter(|p| p.seed == entry.seed)?;
+        if let Some(rt) = stored.refresh_token {
+            state.refresh_token = Some(Secret::new(rt));
+            state.refresh_expires_at = stored.refresh_expires_at;
+        }
+        let access = match (stored.access_token, stored.expires_at) {
+            (Some(token), Some(expires_at))
+                if now < expires_at && rejected.map_or(true, |r| r.expose() != token) =>
+            {
+                let token = Secret::new(token);
+                // The same token keeps the refresh point drawn for it.
+                let refresh_at = match &state.access {
+                    Some(a) if a.token == token => a.refresh_at,
+                    _ => refresh_at(
+                        stored.obtained_at.unwrap_or(now),
+                        expires_at,
+                        entry.endpoint.refresh_margin_secs(),
+                    ),
+                };
+                Some(Access {
+                    token,
+                    expires_at,
+                    refresh_at,
+                })
+            }
+            _ => None,
+        };
+        state.access = access.clone();
+        if access.is_some() {
+            state.failures = 0;
+            state.cooldown_until = None;
+            state.last_error = None;
+        }
+        access.filter(|a| now < a.refresh_at).map(|a| a.token)
+    }
+
+    /// Before a refresh: with a shared store, a fresh pair another replica stored, else this
+    /// profile's lease (waiting while another replica holds it). Never a refresh without the
+    /// lease: an unreachable store is an error (the reason names the store).
+    async fn take_lease(
+        &self,
+        entry: &Entry,
+        now: Timestamp,
+        rejected: Option<&Secret>,
+    ) -> Result<Taken, String> {
+        let own = || backend::Lease {
+            profile: entry.name.clone(),
+            id: String::new(),
+            taken_at: std::time::Instant::now(),
+        };
+        let Some(store) = self.store.as_ref().filter(|s| s.shared()) else {
+            return Ok(Taken::Lease(own()));
+        };
+        let failed = |operation: &'static str, e: StoreError| {
+            self.metrics.token_store_error(operation);
+            tracing::warn!(profile = %entry.name, error = %e, "shared token store unavailable: no refresh without its lease");
+            format!("{e} (no refresh without the store's lease: the proxy recovers by itself when the store is back)")
+        };
+        let deadline = std::time::Instant::now() + self.lease_ttl * 2 + Duration::from_millis(500);
+        let mut waited = false;
+        loop {
+            let loaded = store
+                .load(&entry.name)
+                .await
+                .map_err(|e| failed("load", e))?;
+            if let Some(token) = self.adopt(entry, loaded, now, rejected) {
+                self.metrics.token_adopted(&entry.name);
+                return Ok(Taken::Adopted(token));
+            }
+            match store
+                .acquire(&entry.name, self.lease_ttl)
+                .await
+                .map_err(|e| failed("lease", e))?
+            {
+                Some(lease) => {
+                    // Another replica may have stored a new pair between the read and the lease.
+                    let again = match store.load(&entry.name).await {
+                        Ok(loaded) => Ok(self.adopt(entry, loaded, now, rejected)),
+                        Err(e) => Err(failed("load", e)),
+                    };
+                    match again {
+                        Ok(None) => return Ok(Taken::Lease(lease)),
+                        other => {
+                            if store.release(&lease).await.is_err() {
+                                self.metrics.token_store_error("release");
+                            }
+                            let token = other?;
+                            if let Some(token) = token {
+                                self.metrics.token_adopted(&entry.name);
+                                return Ok(Taken::Adopted(token));
+                            }
+                        }
+                    }
+                }
+                None => {
+                    // A refresh ahead of expiry elsewhere: the token in hand still works.
+                    if let Some(access) = entry
+                        .valid_access(now)
+                        .filter(|a| rejected.map_or(true, |r| a.token != *r))
+                    {
+                        return Ok(Taken::Adopted(access.token));
+                    }
+                    if !waited {
+                        waited = true;
+                        self.metrics.token_lease_wait(&entry.name);
+                    }
+                    if std::time::Instant::now() >= deadline {
+                        return Err(format!(
+                            "another replica holds the refresh lease in token store {} and no new token arrived within {} ms",
+                            store.describe(),
+                            (self.lease_ttl * 2).as_millis()
+                        ));
+                    }
+                    tokio::time::sleep(Duration::from_millis(LEASE_POLL_MS)).await;
+                }
+            }
+        }
+    }
+}
+
+/// What [`TokenManager::take_lease`] got: the right to refresh, or another replica's token.
+enum Taken {
+    Lease(backend::Lease),
+    Adopted(Secret),
 }
 
 /// Below `max` slots: drops the expired ones, then (if that is not enough) every idle one. A

@@ -15,10 +15,11 @@ use crate::state_dir::{create_private_dir, exposure_warning};
 pub const FILE_NAME: &str = "tokens.json";
 const FORMAT_VERSION: u32 = 1;
 
+/// A store that failed: which one (a path, or a Redis URL without credentials) and why.
 #[derive(Debug, thiserror::Error)]
-#[error("token store {}: {message}", path.display())]
+#[error("token store {store}: {message}")]
 pub struct StoreError {
-    pub path: PathBuf,
+    pub store: String,
     pub message: String,
 }
 
@@ -60,7 +61,7 @@ impl TokenStore {
     pub fn open(dir: &Path) -> Result<(TokenStore, Option<String>), StoreError> {
         let path = Self::path_in(dir);
         let fail = |message: String| StoreError {
-            path: path.clone(),
+            store: path.display().to_string(),
             message,
         };
         create_private_dir(dir)
@@ -117,6 +118,11 @@ impl TokenStore {
         exposure_warning(&Self::path_in(dir), "access and refresh tokens")
     }
 
+    /// The profiles it holds state for.
+    pub fn names(&self) -> Vec<String> {
+        self.lock().keys().cloned().collect()
+    }
+
     pub fn get(&self, profile: &str) -> Option<StoredProfile> {
         self.lock().get(profile).cloned()
     }
@@ -131,12 +137,12 @@ impl TokenStore {
             profiles: profiles.clone(),
         };
         let bytes = serde_json::to_vec_pretty(&contents).map_err(|e| StoreError {
-            path: self.path.clone(),
+            store: self.path.display().to_string(),
             message: format!("cannot encode ({e})"),
         })?;
         // Held across the write so that two profiles' updates cannot interleave on disk.
         write_atomically(&self.path, &bytes).map_err(|e| StoreError {
-            path: self.path.clone(),
+            store: self.path.display().to_string(),
             message: format!("cannot write ({e})"),
         })
     }
