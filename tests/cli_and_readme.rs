@@ -906,3 +906,49 @@ fn sign_reproduces_the_lazada_official_vector() {
     );
     assert!(s.contains("timestamp=1517820392000"), "{s}");
 }
+
+/// The Kubernetes example's ConfigMap holds a config signproxy accepts, once the files its
+/// Secret mounts exist, and every file it names is one the Secret's creation command provides.
+#[test]
+fn kubernetes_example_config_is_valid_and_its_secrets_are_the_mounted_ones() {
+    let manifest = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes/signproxy.yaml"),
+    )
+    .unwrap();
+    let start = manifest
+        .find("signproxy.toml: |\n")
+        .expect("the ConfigMap's signproxy.toml");
+    let block: String = manifest[start..]
+        .lines()
+        .skip(1)
+        .take_while(|l| l.is_empty() || l.starts_with("    "))
+        .map(|l| format!("{}\n", l.strip_prefix("    ").unwrap_or(l)))
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let mut named = Vec::new();
+    for part in block.split("/run/secrets/signproxy/").skip(1) {
+        let file: String = part
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        assert!(
+            manifest.contains(&format!("{file}=")),
+            "the Secret's creation command provides {file}"
+        );
+        let value = if file == "redis_url" {
+            "redis://signproxy:pw@127.0.0.1:6379/0"
+        } else {
+            "k8s-example-value"
+        };
+        std::fs::write(dir.path().join(&file), value).unwrap();
+        named.push(file);
+    }
+    assert!(named.len() >= 4, "{named:?}");
+    let text = block.replace(
+        "/run/secrets/signproxy/",
+        &format!("{}/", dir.path().display()),
+    );
+    let config = signproxy::config::Config::from_toml_str(&text, dir.path())
+        .unwrap_or_else(|e| panic!("the Kubernetes example config: {e}\n{text}"));
+    assert_eq!(config.profiles.len(), 1);
+}
