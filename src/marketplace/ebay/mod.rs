@@ -153,6 +153,7 @@ impl Marketplace for Ebay {
             }
         };
         Ok(ProfileParts {
+        webhook: None,
             hosts,
             stand_in: Arc::new(EbayStandIn::new(
                 Arc::clone(&creds.key),
