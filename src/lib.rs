@@ -52,6 +52,7 @@ pub(crate) mod egress;
 #[doc(hidden)]
 pub mod fuzzing;
 pub(crate) mod host;
+pub mod inbound;
 pub(crate) mod logging;
 pub mod marketplace;
 pub mod metrics;

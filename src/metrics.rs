@@ -44,6 +44,15 @@ pub struct ClassLabels {
     pub class: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct InboundLabels {
+    /// The `[inbound.NAME]` listener.
+    pub listener: String,
+    /// The profile whose route took the request ("-" when no route did).
+    pub profile: String,
+    pub outcome: &'static str,
+}
+
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum Outcome {
     Success,
@@ -123,6 +132,7 @@ pub struct Metrics {
     pub upstream_clock_skew: Gauge,
     skew_warned: std::sync::atomic::AtomicBool,
     egress_denied: Family<ClassLabels, Counter>,
+    inbound: Family<InboundLabels, Counter>,
     pub open_connections: Gauge,
     pub open_tunnels: Gauge,
 }
@@ -215,6 +225,12 @@ impl Metrics {
             "Passthrough destinations refused by the egress guard, by address class",
             egress_denied.clone(),
         );
+        let inbound = Family::<InboundLabels, Counter>::default();
+        registry.register(
+            "inbound_webhooks",
+            "Inbound webhook requests, by listener, profile and outcome (forwarded, app_refused, duplicate, unsigned, forged, malformed, timeout, ...)",
+            inbound.clone(),
+        );
         let open_connections = Gauge::default();
         registry.register(
             "open_connections",
@@ -243,6 +259,7 @@ impl Metrics {
             upstream_clock_skew,
             skew_warned: std::sync::atomic::AtomicBool::new(false),
             egress_denied,
+            inbound,
             open_connections,
             open_tunnels,
         }
@@ -300,6 +317,17 @@ impl Metrics {
     pub fn token_refresh(&self, profile: &str, outcome: Outcome) {
         self.token_refreshes
             .get_or_create(&RefreshLabels {
+                profile: profile.to_owned(),
+                outcome,
+            })
+            .inc();
+    }
+
+    /// One inbound webhook request's outcome (`forwarded`, `forged`, `duplicate`, ...).
+    pub fn inbound(&self, listener: &str, profile: &str, outcome: &'static str) {
+        self.inbound
+            .get_or_create(&InboundLabels {
+                listener: listener.to_owned(),
                 profile: profile.to_owned(),
                 outcome,
             })
