@@ -272,6 +272,32 @@ async fn serve(path: PathBuf, config: Arc<Config>, sandbox_flag: bool) -> Result
             let _ = stopped.wait_for(|s| *s).await;
         }));
     }
+    for settings in &config.inbound {
+        let listener = bind(settings.listen, &format!("inbound.{}.listen", settings.name)).await?;
+        let keys = Arc::new(crate::inbound::KeyCache::new(
+            Arc::new(crate::inbound::keys::ProxyKeyFetch {
+                proxy: proxy.clone(),
+            }),
+            crate::inbound::keys::KEY_TTL,
+        ));
+        let inbound = crate::inbound::Inbound::new(
+            Arc::new(settings.clone()),
+            Arc::clone(proxy.metrics()),
+            &config.upstream.extra_roots,
+            Some(keys),
+        )
+        .map_err(|e| e.to_string())?;
+        tracing::info!(
+            listener = %settings.name,
+            listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+            routes = settings.routes.len(),
+            "inbound webhooks listening"
+        );
+        let mut stopped = stopped_rx.clone();
+        tokio::spawn(crate::inbound::serve(listener, Arc::new(inbound), async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        }));
+    }
     tokio::spawn(obtain_missing_tokens(proxy.clone()));
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {

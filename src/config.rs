@@ -230,7 +230,7 @@ impl Profile {
 pub const DEFAULT_INBOUND_DEDUPE_CAPACITY: usize = 100_000;
 
 /// One `[inbound.NAME]` listener.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct InboundSettings {
     pub name: String,
     pub listen: SocketAddr,
@@ -243,7 +243,7 @@ pub struct InboundSettings {
 }
 
 /// One `[[inbound.NAME.routes]]` entry.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct InboundRoute {
     pub path: String,
     pub profile: Arc<Profile>,
