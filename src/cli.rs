@@ -273,7 +273,11 @@ async fn serve(path: PathBuf, config: Arc<Config>, sandbox_flag: bool) -> Result
         }));
     }
     for settings in &config.inbound {
-        let listener = bind(settings.listen, &format!("inbound.{}.listen", settings.name)).await?;
+        let listener = bind(
+            settings.listen,
+            &format!("inbound.{}.listen", settings.name),
+        )
+        .await?;
         let keys = Arc::new(crate::inbound::KeyCache::new(
             Arc::new(crate::inbound::keys::ProxyKeyFetch {
                 proxy: proxy.clone(),
@@ -294,9 +298,13 @@ async fn serve(path: PathBuf, config: Arc<Config>, sandbox_flag: bool) -> Result
             "inbound webhooks listening"
         );
         let mut stopped = stopped_rx.clone();
-        tokio::spawn(crate::inbound::serve(listener, Arc::new(inbound), async move {
-            let _ = stopped.wait_for(|s| *s).await;
-        }));
+        tokio::spawn(crate::inbound::serve(
+            listener,
+            Arc::new(inbound),
+            async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            },
+        ));
     }
     tokio::spawn(obtain_missing_tokens(proxy.clone()));
     let (stop_tx, stop_rx) = watch::channel(false);

@@ -278,10 +278,7 @@ endpoint = "{EBAY_ENDPOINT}"
         let config = Arc::new(Config::from_toml_str(&text, dir.path()).unwrap());
         let metrics = Arc::new(Metrics::new());
         let proxy = Proxy::new(Arc::clone(&config), Arc::clone(&metrics), Vec::new()).unwrap();
-        let key_cache = Arc::new(KeyCache::new(
-            Arc::new(ProxyKeyFetch { proxy }),
-            KEY_TTL,
-        ));
+        let key_cache = Arc::new(KeyCache::new(Arc::new(ProxyKeyFetch { proxy }), KEY_TTL));
         let settings = Arc::new(config.inbound[0].clone());
         let inbound = Inbound::new(
             settings,
@@ -344,7 +341,11 @@ async fn tiktok_event_arrives_byte_for_byte_and_a_replay_is_acknowledged_without
 {
     let s = Setup::start(2500).await;
     let (status, body) = s
-        .post("/webhooks/tiktok", &[("authorization", TT_SIG)], TT_BODY.as_bytes())
+        .post(
+            "/webhooks/tiktok",
+            &[("authorization", TT_SIG)],
+            TT_BODY.as_bytes(),
+        )
         .await;
     assert_eq!(status, 200);
     assert!(body.is_empty());
@@ -353,13 +354,20 @@ async fn tiktok_event_arrives_byte_for_byte_and_a_replay_is_acknowledged_without
     assert_eq!(seen[0].body.as_ref(), TT_BODY.as_bytes());
     assert_eq!(seen[0].path, "/app/webhooks/tiktok");
     assert_eq!(seen[0].headers["x-signproxy-verified"], "tiktok.default");
-    assert_eq!(seen[0].headers["x-signproxy-event-id"], "7380066284010030890");
+    assert_eq!(
+        seen[0].headers["x-signproxy-event-id"],
+        "7380066284010030890"
+    );
     assert_eq!(seen[0].headers["content-type"], "application/json");
     assert!(seen[0].headers.get("authorization").is_none());
 
     // The same event again (TikTok's retry, or an attacker's replay).
     let (status, body) = s
-        .post("/webhooks/tiktok", &[("authorization", TT_SIG)], TT_BODY.as_bytes())
+        .post(
+            "/webhooks/tiktok",
+            &[("authorization", TT_SIG)],
+            TT_BODY.as_bytes(),
+        )
         .await;
     assert_eq!(status, 200);
     assert!(body.is_empty());
@@ -378,12 +386,33 @@ async fn tiktok_forged_stale_and_unsigned_events_get_401_empty_and_never_reach_t
     // The body alone signed (the usual mistake), and a Bearer prefix.
     let body_only = hmac_hex(TT_SECRET, &[TT_BODY.as_bytes()]);
     let bearer = format!("Bearer {TT_SIG}");
-    let cases: Vec<(&str, Vec<(&str, &str)>, &[u8], u16)> = vec![
-        ("forged", vec![("authorization", &forged)], TT_BODY.as_bytes(), 401),
-        ("stale", vec![("authorization", TT_SIG)], stale_body.as_bytes(), 401),
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, &'a [u8], u16);
+    let cases: Vec<Case> = vec![
+        (
+            "forged",
+            vec![("authorization", &forged)],
+            TT_BODY.as_bytes(),
+            401,
+        ),
+        (
+            "stale",
+            vec![("authorization", TT_SIG)],
+            stale_body.as_bytes(),
+            401,
+        ),
         ("unsigned", vec![], TT_BODY.as_bytes(), 401),
-        ("body only", vec![("authorization", &body_only)], TT_BODY.as_bytes(), 401),
-        ("bearer", vec![("authorization", &bearer)], TT_BODY.as_bytes(), 400),
+        (
+            "body only",
+            vec![("authorization", &body_only)],
+            TT_BODY.as_bytes(),
+            401,
+        ),
+        (
+            "bearer",
+            vec![("authorization", &bearer)],
+            TT_BODY.as_bytes(),
+            400,
+        ),
     ];
     for (name, headers, body, expected) in cases {
         let (status, answer) = s.post("/webhooks/tiktok", &headers, body).await;
@@ -396,7 +425,11 @@ async fn tiktok_forged_stale_and_unsigned_events_get_401_empty_and_never_reach_t
     assert_eq!(s.metric("tiktok.default", "malformed"), 1.0);
     // The genuine event still goes through afterwards.
     let (status, _) = s
-        .post("/webhooks/tiktok", &[("authorization", TT_SIG)], TT_BODY.as_bytes())
+        .post(
+            "/webhooks/tiktok",
+            &[("authorization", TT_SIG)],
+            TT_BODY.as_bytes(),
+        )
         .await;
     assert_eq!(status, 200);
     assert_eq!(s.app.seen().len(), 1);
@@ -408,21 +441,36 @@ async fn a_slow_app_gets_504_and_the_retry_is_delivered_not_deduplicated() {
     s.app.answer(200, Duration::from_millis(1500));
     let started = std::time::Instant::now();
     let (status, _) = s
-        .post("/webhooks/tiktok", &[("authorization", TT_SIG)], TT_BODY.as_bytes())
+        .post(
+            "/webhooks/tiktok",
+            &[("authorization", TT_SIG)],
+            TT_BODY.as_bytes(),
+        )
         .await;
     assert_eq!(status, 504);
-    assert!(started.elapsed() < Duration::from_millis(1400), "the deadline was not kept");
+    assert!(
+        started.elapsed() < Duration::from_millis(1400),
+        "the deadline was not kept"
+    );
     assert_eq!(s.metric("tiktok.default", "timeout"), 1.0);
     // The app refuses the next copy: relayed, and not recorded either.
     s.app.answer(503, Duration::ZERO);
     let (status, _) = s
-        .post("/webhooks/tiktok", &[("authorization", TT_SIG)], TT_BODY.as_bytes())
+        .post(
+            "/webhooks/tiktok",
+            &[("authorization", TT_SIG)],
+            TT_BODY.as_bytes(),
+        )
         .await;
     assert_eq!(status, 503);
     // The marketplace retries once more: this time the app takes it.
     s.app.answer(200, Duration::ZERO);
     let (status, _) = s
-        .post("/webhooks/tiktok", &[("authorization", TT_SIG)], TT_BODY.as_bytes())
+        .post(
+            "/webhooks/tiktok",
+            &[("authorization", TT_SIG)],
+            TT_BODY.as_bytes(),
+        )
         .await;
     assert_eq!(status, 200);
     assert_eq!(s.app.seen().len(), 3);
@@ -433,7 +481,11 @@ async fn a_slow_app_gets_504_and_the_retry_is_delivered_not_deduplicated() {
 async fn unknown_paths_and_other_methods_are_refused_without_forwarding() {
     let s = Setup::start(2500).await;
     let (status, _) = s
-        .post("/elsewhere", &[("authorization", TT_SIG)], TT_BODY.as_bytes())
+        .post(
+            "/elsewhere",
+            &[("authorization", TT_SIG)],
+            TT_BODY.as_bytes(),
+        )
         .await;
     assert_eq!(status, 404);
     let resp = s
@@ -475,7 +527,10 @@ async fn shopee_push_verified_on_the_registered_url_and_mistakes_refused() {
     assert_eq!(seen[0].body.as_ref(), body);
     assert_eq!(seen[0].headers["x-signproxy-verified"], "shopee.default");
     let expected_id = format!("sha256:{}", hex::encode(&Sha256::digest(body)[..16]));
-    assert_eq!(seen[0].headers["x-signproxy-event-id"], expected_id.as_str());
+    assert_eq!(
+        seen[0].headers["x-signproxy-event-id"],
+        expected_id.as_str()
+    );
     // Shopee's retry of the same push.
     let (status, _) = s
         .post("/webhooks/shopee", &[("authorization", &good)], body)
@@ -496,8 +551,7 @@ fn other_key_signature(body: &[u8]) -> (String, String) {
     let signing = p256::ecdsa::SigningKey::from_slice(&seed).unwrap();
     // SubjectPublicKeyInfo for id-ecPublicKey / prime256v1, built by hand around the point.
     let point = signing.verifying_key().to_encoded_point(false);
-    let mut spki =
-        hex::decode("3059301306072a8648ce3d020106082a8648ce3d030107034200").unwrap();
+    let mut spki = hex::decode("3059301306072a8648ce3d020106082a8648ce3d030107034200").unwrap();
     spki.extend_from_slice(point.as_bytes());
     let digest = sha1::Sha1::digest(body);
     let signature: p256::ecdsa::Signature = signing.sign_prehash(&digest).unwrap();
@@ -518,13 +572,21 @@ async fn ebay_vector_verifies_with_a_key_fetched_over_tls_cached_and_refetched_f
     // Tampered first: refused with 412, yet the key was fetched for it.
     let tampered = EBAY_BODY.replace("\"test_user\"", "\"test_user2\"");
     let (status, _) = s
-        .post("/webhooks/ebay", &[("x-ebay-signature", EBAY_HEADER)], tampered.as_bytes())
+        .post(
+            "/webhooks/ebay",
+            &[("x-ebay-signature", EBAY_HEADER)],
+            tampered.as_bytes(),
+        )
         .await;
     assert_eq!(status, 412);
     assert!(s.app.seen().is_empty());
     // The genuine one: the cached key verifies it, no second fetch.
     let (status, _) = s
-        .post("/webhooks/ebay", &[("x-ebay-signature", EBAY_HEADER)], EBAY_BODY.as_bytes())
+        .post(
+            "/webhooks/ebay",
+            &[("x-ebay-signature", EBAY_HEADER)],
+            EBAY_BODY.as_bytes(),
+        )
         .await;
     assert_eq!(status, 204);
     let seen = s.app.seen();
@@ -540,7 +602,11 @@ async fn ebay_vector_verifies_with_a_key_fetched_over_tls_cached_and_refetched_f
     assert_eq!(s.keys.asked(), vec![(key_path.clone(), true)]);
     // eBay's retry: acknowledged with 204, not forwarded.
     let (status, _) = s
-        .post("/webhooks/ebay", &[("x-ebay-signature", EBAY_HEADER)], EBAY_BODY.as_bytes())
+        .post(
+            "/webhooks/ebay",
+            &[("x-ebay-signature", EBAY_HEADER)],
+            EBAY_BODY.as_bytes(),
+        )
         .await;
     assert_eq!(status, 204);
     assert_eq!(s.app.seen().len(), 1);
@@ -550,7 +616,11 @@ async fn ebay_vector_verifies_with_a_key_fetched_over_tls_cached_and_refetched_f
     let (spki, header) = other_key_signature(body.as_bytes());
     *s.keys.other_key_spki_b64.lock().unwrap() = spki;
     let (status, _) = s
-        .post("/webhooks/ebay", &[("x-ebay-signature", &header)], body.as_bytes())
+        .post(
+            "/webhooks/ebay",
+            &[("x-ebay-signature", &header)],
+            body.as_bytes(),
+        )
         .await;
     assert_eq!(status, 204);
     assert_eq!(s.app.seen().len(), 2);
@@ -558,7 +628,10 @@ async fn ebay_vector_verifies_with_a_key_fetched_over_tls_cached_and_refetched_f
         s.keys.asked(),
         vec![
             (key_path, true),
-            (format!("/commerce/notification/v1/public_key/{OTHER_KID}"), true)
+            (
+                format!("/commerce/notification/v1/public_key/{OTHER_KID}"),
+                true
+            )
         ]
     );
     // Unsigned: 412 and no fetch.
@@ -574,7 +647,10 @@ async fn ebay_challenge_is_answered_by_signproxy_and_never_forwarded() {
     let code = "a8628072-3d33-45ee-9004-bee86830a22d";
     let resp = s
         .client
-        .get(format!("http://{}/webhooks/ebay?challenge_code={code}", s.addr))
+        .get(format!(
+            "http://{}/webhooks/ebay?challenge_code={code}",
+            s.addr
+        ))
         .send()
         .await
         .unwrap();

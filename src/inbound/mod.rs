@@ -73,12 +73,11 @@ impl Inbound {
         extra_roots: &[rustls_pki_types::CertificateDer<'static>],
         keys: Option<Arc<KeyCache>>,
     ) -> Result<Inbound, InboundError> {
-        let tls = crate::upstream::client_tls_config(extra_roots).map_err(|e| {
-            InboundError::Tls {
+        let tls =
+            crate::upstream::client_tls_config(extra_roots).map_err(|e| InboundError::Tls {
                 listener: settings.name.clone(),
                 reason: e.to_string(),
-            }
-        })?;
+            })?;
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http()
@@ -110,7 +109,11 @@ pub async fn run(
 }
 
 /// Serves an [`Inbound`] on `listener` until `shutdown` resolves.
-pub async fn serve(listener: TcpListener, inbound: Arc<Inbound>, shutdown: impl Future<Output = ()>) {
+pub async fn serve(
+    listener: TcpListener,
+    inbound: Arc<Inbound>,
+    shutdown: impl Future<Output = ()>,
+) {
     let mut connections = JoinSet::new();
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     tokio::pin!(shutdown);
@@ -214,15 +217,14 @@ async fn handle_route(inbound: &Inbound, route: &InboundRoute, req: Request<Inco
     }
     let (parts, body) = req.into_parts();
     let limit = usize::try_from(inbound.settings.max_body_bytes).unwrap_or(usize::MAX);
-    let body = match tokio::time::timeout(BODY_READ_TIMEOUT, Limited::new(body, limit).collect())
-        .await
-    {
-        Ok(Ok(collected)) => collected.to_bytes(),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-            return answer(StatusCode::PAYLOAD_TOO_LARGE, "too_large")
-        }
-        Ok(Err(_)) | Err(_) => return answer(StatusCode::BAD_REQUEST, "body_unreadable"),
-    };
+    let body =
+        match tokio::time::timeout(BODY_READ_TIMEOUT, Limited::new(body, limit).collect()).await {
+            Ok(Ok(collected)) => collected.to_bytes(),
+            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+                return answer(StatusCode::PAYLOAD_TOO_LARGE, "too_large")
+            }
+            Ok(Err(_)) | Err(_) => return answer(StatusCode::BAD_REQUEST, "body_unreadable"),
+        };
     let refuse = |refusal: Refusal| answer(verifier.refusal_status(refusal), refusal.as_str());
     let key = match verifier.key_id(&parts.headers) {
         Err(refusal) => return refuse(refusal),
@@ -354,7 +356,9 @@ fn forward_request(
             || name == http::header::HOST
             || name == http::header::CONTENT_LENGTH
             || lower.starts_with("x-signproxy-")
-            || signature_headers.iter().any(|s| s.eq_ignore_ascii_case(lower))
+            || signature_headers
+                .iter()
+                .any(|s| s.eq_ignore_ascii_case(lower))
         {
             continue;
         }

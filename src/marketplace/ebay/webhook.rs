@@ -202,11 +202,7 @@ impl WebhookRoute for EbayRoute {
                 body: Vec::new(),
             });
         };
-        let response = challenge_response(
-            &code,
-            self.verification_token.expose(),
-            &self.endpoint,
-        );
+        let response = challenge_response(&code, self.verification_token.expose(), &self.endpoint);
         Some(Answer {
             status: StatusCode::OK,
             content_type: Some("application/json"),
@@ -221,7 +217,10 @@ impl WebhookRoute for EbayRoute {
             "https://{}/commerce/notification/v1/public_key/{kid}",
             self.key_host
         ))
-        .header(http::header::AUTHORIZATION, format!("Bearer {}", app_token.expose()))
+        .header(
+            http::header::AUTHORIZATION,
+            format!("Bearer {}", app_token.expose()),
+        )
         .header(http::header::ACCEPT, "application/json")
         .body(Bytes::new())
         .map_err(|_| "cannot build the public key request".to_owned())
@@ -302,7 +301,10 @@ mod tests {
         );
         assert_eq!(
             r.verify(&headers(HEADER), BODY.as_bytes(), Some(&key())),
-            Ok("49feeaeb-4982-42d9-a377-9645b8479411_33f7e043-fed8-442b-9d44-791923bd9a6d".to_owned())
+            Ok(
+                "49feeaeb-4982-42d9-a377-9645b8479411_33f7e043-fed8-442b-9d44-791923bd9a6d"
+                    .to_owned()
+            )
         );
         let tampered = BODY.replace("\"test_user\"", "\"test_user2\"");
         assert_eq!(
@@ -323,11 +325,13 @@ mod tests {
         assert_eq!(r.key_id(&HeaderMap::new()), Err(Refusal::Unsigned));
         assert_eq!(r.key_id(&headers("not-base64!")), Err(Refusal::Malformed));
         // A kid that would walk the key URL elsewhere.
-        let sneaky = base64::engine::general_purpose::STANDARD.encode(
-            r#"{"alg":"ecdsa","kid":"../../x","signature":"AA==","digest":"SHA1"}"#,
-        );
+        let sneaky = base64::engine::general_purpose::STANDARD
+            .encode(r#"{"alg":"ecdsa","kid":"../../x","signature":"AA==","digest":"SHA1"}"#);
         assert_eq!(r.key_id(&headers(&sneaky)), Err(Refusal::Malformed));
-        assert_eq!(r.refusal_status(Refusal::Forged), StatusCode::PRECONDITION_FAILED);
+        assert_eq!(
+            r.refusal_status(Refusal::Forged),
+            StatusCode::PRECONDITION_FAILED
+        );
     }
 
     #[test]
@@ -339,7 +343,11 @@ mod tests {
             .unwrap();
         assert_eq!(answer.status, StatusCode::OK);
         let expected = hex::encode(Sha256::digest(
-            format!("abc+1{}https://hooks.example.com/webhooks/ebay", "a".repeat(40)).as_bytes(),
+            format!(
+                "abc+1{}https://hooks.example.com/webhooks/ebay",
+                "a".repeat(40)
+            )
+            .as_bytes(),
         ));
         let json: serde_json::Value = serde_json::from_slice(&answer.body).unwrap();
         assert_eq!(json["challengeResponse"], expected.as_str());

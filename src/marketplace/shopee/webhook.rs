@@ -90,7 +90,10 @@ impl WebhookRoute for ShopeeRoute {
             Some(serde_json::Value::Number(n)) => Ok(n.to_string()),
             _ => {
                 use sha2::{Digest, Sha256};
-                Ok(format!("sha256:{}", hex::encode(&Sha256::digest(body)[..16])))
+                Ok(format!(
+                    "sha256:{}",
+                    hex::encode(&Sha256::digest(body)[..16])
+                ))
             }
         }
     }
@@ -145,27 +148,53 @@ mod tests {
         let good = mac("shpk-test-key", &message);
         let id = route().verify(&headers(&good), BODY, None).unwrap();
         use sha2::{Digest, Sha256};
-        assert_eq!(id, format!("sha256:{}", hex::encode(&Sha256::digest(BODY)[..16])));
+        assert_eq!(
+            id,
+            format!("sha256:{}", hex::encode(&Sha256::digest(BODY)[..16]))
+        );
         // Omitting the `|`.
         let no_pipe = mac("shpk-test-key", &[URL.as_bytes(), BODY].concat());
-        assert_eq!(route().verify(&headers(&no_pipe), BODY, None), Err(Refusal::Forged));
+        assert_eq!(
+            route().verify(&headers(&no_pipe), BODY, None),
+            Err(Refusal::Forged)
+        );
         // The URL as seen behind TLS termination.
         let behind = mac(
             "shpk-test-key",
-            &[b"http://127.0.0.1:8081/webhooks/shopee".as_slice(), b"|", BODY].concat(),
+            &[
+                b"http://127.0.0.1:8081/webhooks/shopee".as_slice(),
+                b"|",
+                BODY,
+            ]
+            .concat(),
         );
-        assert_eq!(route().verify(&headers(&behind), BODY, None), Err(Refusal::Forged));
+        assert_eq!(
+            route().verify(&headers(&behind), BODY, None),
+            Err(Refusal::Forged)
+        );
         // A tampered body.
         let tampered = [&BODY[..BODY.len() - 2], b"X}"].concat();
-        assert_eq!(route().verify(&headers(&good), &tampered, None), Err(Refusal::Forged));
-        assert_eq!(route().verify(&HeaderMap::new(), BODY, None), Err(Refusal::Unsigned));
-        assert_eq!(route().verify(&headers("zz"), BODY, None), Err(Refusal::Malformed));
+        assert_eq!(
+            route().verify(&headers(&good), &tampered, None),
+            Err(Refusal::Forged)
+        );
+        assert_eq!(
+            route().verify(&HeaderMap::new(), BODY, None),
+            Err(Refusal::Unsigned)
+        );
+        assert_eq!(
+            route().verify(&headers("zz"), BODY, None),
+            Err(Refusal::Malformed)
+        );
     }
 
     #[test]
     fn a_msg_id_is_the_event_id() {
         let body = br#"{"msg_id":"abc-1","shop_id":1,"code":3,"timestamp":1,"data":{}}"#;
         let sig = mac("shpk-test-key", &[URL.as_bytes(), b"|", body].concat());
-        assert_eq!(route().verify(&headers(&sig), body, None), Ok("abc-1".to_owned()));
+        assert_eq!(
+            route().verify(&headers(&sig), body, None),
+            Ok("abc-1".to_owned())
+        );
     }
 }

@@ -175,6 +175,9 @@ mod tests {
             hook().verify(&headers(Some(&sig)), body, None),
             Err(Refusal::Malformed)
         );
-        assert_eq!(hook().refusal_status(Refusal::Forged), StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            hook().refusal_status(Refusal::Forged),
+            StatusCode::UNAUTHORIZED
+        );
     }
 }
