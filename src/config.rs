@@ -862,7 +862,7 @@ impl Ctx<'_> {
             if !path.starts_with('/') || path.contains('?') {
                 return Err(self.fail(
                     &rkey("path"),
-                    "must be a path such as \"/webhooks/tiktok\" (no query)",
+                    "must be a path such as \"/webhooks/orders\" (no query)",
                 ));
             }
             if routes.iter().any(|r| r.path == path) {
