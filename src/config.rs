@@ -1261,6 +1261,58 @@ mod tests {
     }
 
     #[test]
+    fn inbound_listeners_follow_the_proxy_port_rules() {
+        let profile = "[tiktok.default]\napp_key=\"k\"\napp_secret=\"s\"\n[shopee.default]\npartner_id=1\npartner_key=\"shpk\"\n";
+        let inbound = |listen: &str, forward: &str, route: &str| {
+            format!("{profile}[inbound.hooks]\nlisten=\"{listen}\"\nforward_to=\"{forward}\"\n[[inbound.hooks.routes]]\n{route}\n")
+        };
+        let tt = "path=\"/hooks/tt\"\nprofile=\"tiktok.default\"";
+        let c = parse(&inbound("127.0.0.1:8081", "http://127.0.0.1:3000/", tt)).unwrap();
+        assert_eq!(c.inbound.len(), 1);
+        assert_eq!(
+            c.inbound[0].routes[0].profile.qualified_name(),
+            "tiktok.default"
+        );
+        assert_eq!(c.inbound[0].routes[0].deadline, Duration::from_millis(2500));
+        assert_eq!(
+            c.inbound[0].dedupe_capacity,
+            DEFAULT_INBOUND_DEDUPE_CAPACITY
+        );
+        // A public address needs the explicit opt-in.
+        let e = parse(&inbound("0.0.0.0:8081", "http://127.0.0.1:3000/", tt)).unwrap_err();
+        assert!(e.to_string().contains("inbound.hooks.listen"), "{e}");
+        // Plain http only on loopback.
+        let e = parse(&inbound("127.0.0.1:8081", "http://app.internal:3000/", tt)).unwrap_err();
+        assert!(e.to_string().contains("inbound.hooks.forward_to"), "{e}");
+        parse(&inbound("127.0.0.1:8081", "https://app.internal/", tt)).unwrap();
+        // Route keys are the marketplace's: unknown ones and missing ones are errors.
+        let e = parse(&inbound(
+            "127.0.0.1:8081",
+            "http://127.0.0.1:3000/",
+            "path=\"/hooks/tt\"\nprofile=\"tiktok.default\"\ncallback_url=\"https://x\"",
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("inbound.hooks.routes[0]"), "{e}");
+        let e = parse(&inbound(
+            "127.0.0.1:8081",
+            "http://127.0.0.1:3000/",
+            "path=\"/hooks/sp\"\nprofile=\"shopee.default\"",
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("callback_url"), "{e}");
+        let e = parse(&inbound(
+            "127.0.0.1:8081",
+            "http://127.0.0.1:3000/",
+            "path=\"/hooks/tt\"\nprofile=\"nope\"",
+        ))
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("inbound.hooks.routes[0].profile"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn unknown_keys_are_errors() {
         let e = parse("[proxy]\nlisten = \"127.0.0.1:1\"\nmax_body = 3\n").unwrap_err();
         assert!(e.to_string().contains("unknown field `max_body`"), "{e}");
