@@ -664,3 +664,128 @@ async fn ebay_challenge_is_answered_by_signproxy_and_never_forwarded() {
     assert!(s.app.seen().is_empty());
     assert!(s.keys.asked().is_empty());
 }
+
+// ------------------------------------------------------------------------------------------------
+// `signproxy run` + `signproxy webhook send`
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Kills the `run` child when the test ends, pass or fail.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn webhook_send_drives_a_running_listener_valid_replayed_and_forged() {
+    let (app, app_addr) = App::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let inbound_port = free_port();
+    let config_path = dir.path().join("signproxy.toml");
+    std::fs::write(
+        &config_path,
+        format!(
+            r#"
+[proxy]
+listen = "127.0.0.1:{proxy_port}"
+state_dir = "{state}"
+
+[tiktok.default]
+app_key = "{TT_KEY}"
+app_secret = "{TT_SECRET}"
+
+[inbound.hooks]
+listen = "127.0.0.1:{inbound_port}"
+forward_to = "http://{app_addr}/"
+
+[[inbound.hooks.routes]]
+path = "/webhooks/tiktok"
+profile = "tiktok.default"
+"#,
+            proxy_port = free_port(),
+            state = dir.path().join("state").display(),
+        ),
+    )
+    .unwrap();
+    let bin = env!("CARGO_BIN_EXE_signproxy");
+    let _run = Child(
+        std::process::Command::new(bin)
+            .args(["run", "--config"])
+            .arg(&config_path)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while tokio::net::TcpStream::connect(("127.0.0.1", inbound_port))
+        .await
+        .is_err()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the listener never came up"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let send_path = config_path.clone();
+    let send = move |extra: &[&str]| {
+        let out = std::process::Command::new(bin)
+            .args(["webhook", "send", "--config"])
+            .arg(&send_path)
+            .args([
+                "--profile",
+                "tiktok.default",
+                "--type",
+                "ORDER_STATUS_CHANGE",
+            ])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let out =
+        tokio::task::spawn_blocking(move || (send(&[]), send(&["--replay"]), send(&["--forged"])))
+            .await
+            .unwrap();
+    let (valid, replay, forged) = out;
+    assert!(valid.contains("-> 200"), "{valid}");
+    let lines: Vec<&str> = replay.lines().collect();
+    assert_eq!(lines.len(), 2, "{replay}");
+    assert!(
+        lines[0].contains("-> 200")
+            && lines[1].contains("replayed event")
+            && lines[1].contains("-> 200"),
+        "{replay}"
+    );
+    assert!(forged.contains("-> 401"), "{forged}");
+    assert!(!forged.contains(TT_SECRET));
+    // Two distinct events reached the app; the replay and the forgery did not.
+    let seen = app.seen();
+    assert_eq!(seen.len(), 2);
+    for event in &seen {
+        let json: serde_json::Value = serde_json::from_slice(&event.body).unwrap();
+        assert_eq!(json["type"], 1);
+        assert_eq!(event.headers["x-signproxy-verified"], "tiktok.default");
+        assert_eq!(
+            event.headers["x-signproxy-event-id"],
+            json["tts_notification_id"].as_str().unwrap()
+        );
+    }
+    assert_ne!(seen[0].body, seen[1].body);
+}

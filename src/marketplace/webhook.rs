@@ -58,6 +58,16 @@ pub struct Answer {
     pub body: Vec<u8>,
 }
 
+/// A test event as `signproxy webhook send` sends it to a listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TestEvent {
+    pub method: http::Method,
+    /// The query to add to the route's path (eBay's `challenge_code=...`).
+    pub query: Option<String>,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
 /// A marketplace's webhook verification for one profile's credentials.
 pub trait Webhook: Send + Sync + fmt::Debug {
     /// The route for one `[[inbound.NAME.routes]]` entry: `fields` are its keys besides `path`,
@@ -110,6 +120,17 @@ pub trait WebhookRoute: Send + Sync + fmt::Debug {
     ) -> Result<http::Request<bytes::Bytes>, String> {
         Err("this marketplace signs webhooks without fetched keys".to_owned())
     }
+    /// A test event of `event_type` signed as the marketplace signs it, with the signature
+    /// spoiled when `forged`. `unique` makes its event id new; `now_secs` is its timestamp.
+    fn test_event(
+        &self,
+        _event_type: &str,
+        _unique: u64,
+        _now_secs: u64,
+        _forged: bool,
+    ) -> Result<TestEvent, String> {
+        Err("signproxy cannot make test events for this marketplace".to_owned())
+    }
     /// The key in the key service's answer.
     fn parse_key(&self, _status: StatusCode, _body: &[u8]) -> Result<PublicKey, String> {
         Err("this marketplace signs webhooks without fetched keys".to_owned())
@@ -134,4 +155,25 @@ pub fn hmac_sha256_matches(key: &[u8], parts: &[&[u8]], given: &[u8]) -> bool {
     }
     // verify_slice compares in constant time (length first).
     mac.verify_slice(given).is_ok()
+}
+
+/// The hex HMAC-SHA256 of `parts` (concatenated) under `key`: what test events are signed with.
+pub fn hmac_sha256_hex(key: &[u8], parts: &[&[u8]]) -> String {
+    use hmac::{Hmac, Mac};
+    let Ok(mut mac) = Hmac::<sha2::Sha256>::new_from_slice(key) else {
+        return String::new();
+    };
+    for part in parts {
+        mac.update(part);
+    }
+    hex::encode(mac.finalize().into_bytes())
+}
+
+/// A signature spoiled for a forged test event: its first hex digit changed.
+pub fn spoil(signature: &str) -> String {
+    let mut chars: Vec<char> = signature.chars().collect();
+    if let Some(first) = chars.first_mut() {
+        *first = if *first == '0' { '1' } else { '0' };
+    }
+    chars.into_iter().collect()
 }

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use http::{HeaderMap, Method, StatusCode};
 use serde::Deserialize;
 
-use crate::marketplace::webhook::{Answer, PublicKey, Refusal, Webhook, WebhookRoute};
+use crate::marketplace::webhook::{Answer, PublicKey, Refusal, TestEvent, Webhook, WebhookRoute};
 use crate::marketplace::{ProfileContext, ProfileError};
 use crate::secret::{Secret, SecretRef};
 
@@ -228,6 +228,22 @@ impl WebhookRoute for EbayRoute {
 
     fn parse_key(&self, status: StatusCode, body: &[u8]) -> Result<PublicKey, String> {
         parse_key_answer(status, body)
+    }
+
+    /// eBay signs with its own private key, so the test is the endpoint challenge.
+    fn test_event(
+        &self,
+        _event_type: &str,
+        unique: u64,
+        _now_secs: u64,
+        _forged: bool,
+    ) -> Result<TestEvent, String> {
+        Ok(TestEvent {
+            method: Method::GET,
+            query: Some(format!("challenge_code=signproxy-test-{unique}")),
+            headers: Vec::new(),
+            body: Vec::new(),
+        })
     }
 }
 

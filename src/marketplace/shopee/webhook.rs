@@ -10,7 +10,8 @@ use http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 
 use crate::marketplace::webhook::{
-    hex_exact, hmac_sha256_matches, PublicKey, Refusal, Webhook, WebhookRoute,
+    hex_exact, hmac_sha256_hex, hmac_sha256_matches, spoil, PublicKey, Refusal, TestEvent, Webhook,
+    WebhookRoute,
 };
 use crate::marketplace::{ProfileContext, ProfileError};
 use crate::secret::Secret;
@@ -111,6 +112,43 @@ impl WebhookRoute for ShopeeRoute {
 
     fn default_deadline(&self) -> Duration {
         DEADLINE
+    }
+
+    fn test_event(
+        &self,
+        event_type: &str,
+        unique: u64,
+        now_secs: u64,
+        forged: bool,
+    ) -> Result<TestEvent, String> {
+        let code: u32 = event_type.parse().map_err(|_| {
+            format!("Shopee push types are numbers (the push `code`, such as 3 for order status), not `{event_type}`")
+        })?;
+        let body = serde_json::json!({
+            "msg_id": format!("signproxy-test-{unique}"),
+            "shop_id": 600001,
+            "code": code,
+            "timestamp": now_secs,
+            "data": {"ordersn": "2406130001", "status": "READY_TO_SHIP", "update_time": now_secs},
+        })
+        .to_string()
+        .into_bytes();
+        let mut signature = hmac_sha256_hex(
+            self.partner_key.expose().as_bytes(),
+            &[self.callback_url.as_bytes(), b"|", &body],
+        );
+        if forged {
+            signature = spoil(&signature);
+        }
+        Ok(TestEvent {
+            method: http::Method::POST,
+            query: None,
+            headers: vec![
+                ("authorization".to_owned(), signature),
+                ("content-type".to_owned(), "application/json".to_owned()),
+            ],
+            body,
+        })
     }
 }
 

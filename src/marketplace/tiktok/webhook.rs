@@ -8,7 +8,8 @@ use http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 
 use crate::marketplace::webhook::{
-    hex_exact, hmac_sha256_matches, PublicKey, Refusal, Webhook, WebhookRoute,
+    hex_exact, hmac_sha256_hex, hmac_sha256_matches, spoil, PublicKey, Refusal, TestEvent, Webhook,
+    WebhookRoute,
 };
 use crate::marketplace::{ProfileContext, ProfileError};
 use crate::secret::Secret;
@@ -86,6 +87,69 @@ impl WebhookRoute for TiktokWebhook {
     fn default_deadline(&self) -> Duration {
         DEADLINE
     }
+
+    fn test_event(
+        &self,
+        event_type: &str,
+        unique: u64,
+        now_secs: u64,
+        forged: bool,
+    ) -> Result<TestEvent, String> {
+        let kind = event_type_number(event_type)?;
+        let body = serde_json::json!({
+            "type": kind,
+            "tts_notification_id": unique.to_string(),
+            "shop_id": "7495540735365777507",
+            "timestamp": now_secs,
+            "data": {"order_id": "576653688135258178", "order_status": "UNPAID", "update_time": now_secs},
+        })
+        .to_string()
+        .into_bytes();
+        let mut signature = hmac_sha256_hex(
+            self.app_secret.expose().as_bytes(),
+            &[self.app_key.as_bytes(), &body],
+        );
+        if forged {
+            signature = spoil(&signature);
+        }
+        Ok(TestEvent {
+            method: http::Method::POST,
+            query: None,
+            headers: vec![
+                ("authorization".to_owned(), signature),
+                ("content-type".to_owned(), "application/json".to_owned()),
+            ],
+            body,
+        })
+    }
+}
+
+/// TikTok's `type` for an event name (`ORDER_STATUS_CHANGE`) or number.
+fn event_type_number(name: &str) -> Result<u32, String> {
+    const TYPES: [(&str, u32); 9] = [
+        ("ORDER_STATUS_CHANGE", 1),
+        ("RECIPIENT_ADDRESS_UPDATE", 3),
+        ("PACKAGE_UPDATE", 4),
+        ("PRODUCT_STATUS_CHANGE", 5),
+        ("SELLER_DEAUTHORIZATION", 6),
+        ("UPCOMING_AUTHORIZATION_EXPIRATION", 7),
+        ("CANCELLATION_STATUS_CHANGE", 11),
+        ("RETURN_STATUS_CHANGE", 12),
+        ("PRODUCT_AUDIT_STATUS_CHANGE", 37),
+    ];
+    if let Ok(n) = name.parse::<u32>() {
+        return Ok(n);
+    }
+    TYPES
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, t)| *t)
+        .ok_or_else(|| {
+            format!(
+                "unknown TikTok event type `{name}`: use a number or one of {}",
+                TYPES.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+            )
+        })
 }
 
 #[cfg(test)]
@@ -162,6 +226,28 @@ mod tests {
             other.verify(&headers(Some(SIGNATURE)), BODY.as_bytes(), None),
             Err(Refusal::Forged)
         );
+    }
+
+    #[test]
+    fn test_events_carry_the_mac_of_app_key_and_body() {
+        let event = hook()
+            .test_event("ORDER_STATUS_CHANGE", 99, 1_700_000_000, false)
+            .unwrap();
+        use hmac::{Hmac, Mac};
+        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(b"123").unwrap();
+        mac.update(b"abcdef");
+        mac.update(&event.body);
+        let expected = hex::encode(mac.finalize().into_bytes());
+        assert_eq!(
+            event.headers[0],
+            ("authorization".to_owned(), expected.clone())
+        );
+        let json: serde_json::Value = serde_json::from_slice(&event.body).unwrap();
+        assert_eq!(json["type"], 1);
+        assert_eq!(json["tts_notification_id"], "99");
+        let forged = hook().test_event("1", 99, 1_700_000_000, true).unwrap();
+        assert_ne!(forged.headers[0].1, expected);
+        assert!(hook().test_event("NO_SUCH_EVENT", 1, 1, false).is_err());
     }
 
     #[test]
