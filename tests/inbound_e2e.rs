@@ -789,3 +789,35 @@ profile = "tiktok.default"
     }
     assert_ne!(seen[0].body, seen[1].body);
 }
+
+#[test]
+fn readme_inbound_block_is_valid_config() {
+    let block = common::readme::fenced_blocks(&common::readme::readme(), "toml inbound")
+        .pop()
+        .expect("README has a ```toml inbound block");
+    std::env::set_var(
+        "EBAY_VERIFICATION_TOKEN",
+        "readme-verification-token-0123456789abcdef",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let key = EbayTestKey::rfc9421_ed25519();
+    let text = format!(
+        "[proxy]\nstate_dir = \"{}\"\n[tiktok.default]\napp_key = \"k\"\napp_secret = \"s\"\n[shopee.default]\npartner_id = 1\npartner_key = \"shpk\"\n[ebay.default]\nprivate_key = '''\n{}'''\njwe = \"j\"\n{block}",
+        dir.path().display(),
+        key.private_pem()
+    );
+    let config = Config::from_toml_str(&text, dir.path()).unwrap();
+    let routes: Vec<String> = config.inbound[0]
+        .routes
+        .iter()
+        .map(|r| format!("{} {}", r.path, r.profile.qualified_name()))
+        .collect();
+    assert_eq!(
+        routes,
+        [
+            "/webhooks/tiktok tiktok.default",
+            "/webhooks/ebay ebay.default",
+            "/webhooks/shopee shopee.default"
+        ]
+    );
+}
