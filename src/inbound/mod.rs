@@ -273,17 +273,14 @@ async fn handle_route(inbound: &Inbound, route: &InboundRoute, req: Request<Inco
         id_value,
         body,
     );
-    let settle = |accepted: bool| {
-        let mut d = match inbound.dedupe.lock() {
-            Ok(d) => d,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        if accepted {
-            d.accepted(&dedupe_key);
-        } else {
-            d.abandoned(&dedupe_key);
-        }
+    // Settles the id however this future ends: dropped mid-forward (the sender went away), the
+    // id is released so the marketplace's retry is delivered.
+    let mut claim = Claim {
+        dedupe: &inbound.dedupe,
+        key: dedupe_key,
+        settled: false,
     };
+    let mut settle = |accepted: bool| claim.settle(accepted);
     let Some(forwarded) = forwarded else {
         settle(false);
         return with_id(answer(StatusCode::INTERNAL_SERVER_ERROR, "bad_forward_url"));
@@ -323,6 +320,38 @@ async fn handle_route(inbound: &Inbound, route: &InboundRoute, req: Request<Inco
                 event_id: None,
             })
         }
+    }
+}
+
+/// An event id handed to the app and not yet settled.
+struct Claim<'a> {
+    dedupe: &'a Mutex<Dedupe>,
+    key: String,
+    settled: bool,
+}
+
+impl Claim<'_> {
+    /// Accepted ids become duplicates; others are released for the next copy.
+    fn settle(&mut self, accepted: bool) {
+        if self.settled {
+            return;
+        }
+        self.settled = true;
+        let mut d = match self.dedupe.lock() {
+            Ok(d) => d,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if accepted {
+            d.accepted(&self.key);
+        } else {
+            d.abandoned(&self.key);
+        }
+    }
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        self.settle(false);
     }
 }
 
@@ -390,6 +419,26 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_claim_dropped_unsettled_releases_the_id() {
+        let dedupe = Mutex::new(Dedupe::new(4));
+        assert_eq!(dedupe.lock().unwrap().begin("k"), Begin::New);
+        drop(Claim {
+            dedupe: &dedupe,
+            key: "k".into(),
+            settled: false,
+        });
+        assert_eq!(dedupe.lock().unwrap().begin("k"), Begin::New);
+        let mut claim = Claim {
+            dedupe: &dedupe,
+            key: "k".into(),
+            settled: false,
+        };
+        claim.settle(true);
+        drop(claim);
+        assert_eq!(dedupe.lock().unwrap().begin("k"), Begin::Duplicate);
+    }
 
     #[test]
     fn the_forwarded_head_drops_signatures_and_spoofed_verdicts() {
