@@ -712,10 +712,35 @@ fn check(flag: Option<PathBuf>) -> Result<(), String> {
     for line in route_lines(&config) {
         let _ = writeln!(out, "route {line}");
     }
+    for line in inbound_lines(&config) {
+        let _ = writeln!(out, "{line}");
+    }
     if config.sandbox.enabled {
         let _ = writeln!(out, "{SANDBOX_LINE}");
     }
     Ok(())
+}
+
+/// `inbound NAME ADDR PATH -> URL (profile P, answer within N ms)`, one per route.
+fn inbound_lines(config: &Config) -> Vec<String> {
+    config
+        .inbound
+        .iter()
+        .flat_map(|i| {
+            i.routes.iter().map(move |r| {
+                format!(
+                    "inbound {} {}{} -> {}{} (profile {}, answer within {} ms)",
+                    i.name,
+                    i.listen,
+                    r.path,
+                    i.forward_to.to_string().trim_end_matches('/'),
+                    r.path,
+                    r.profile.label(),
+                    r.deadline.as_millis()
+                )
+            })
+        })
+        .collect()
 }
 
 const MANAGED_TOKEN_PLACEHOLDER: &str = "<managed-access-token>";

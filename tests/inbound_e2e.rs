@@ -718,6 +718,22 @@ profile = "tiktok.default"
     )
     .unwrap();
     let bin = env!("CARGO_BIN_EXE_signproxy");
+    let check = std::process::Command::new(bin)
+        .args(["check", "--config"])
+        .arg(&config_path)
+        .output()
+        .unwrap();
+    assert!(check.status.success());
+    let expected = format!(
+        "inbound hooks 127.0.0.1:{inbound_port}/webhooks/tiktok -> http://{app_addr}/webhooks/tiktok (profile tiktok.default, answer within 2500 ms)"
+    );
+    assert!(
+        String::from_utf8_lossy(&check.stdout)
+            .lines()
+            .any(|l| l == expected),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
     let _run = Child(
         std::process::Command::new(bin)
             .args(["run", "--config"])
