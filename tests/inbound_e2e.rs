@@ -216,6 +216,7 @@ struct Setup {
     addr: SocketAddr,
     metrics: Arc<Metrics>,
     client: reqwest::Client,
+    config_debug: String,
     _dir: tempfile::TempDir,
     _stop: tokio::sync::oneshot::Sender<()>,
 }
@@ -279,6 +280,7 @@ endpoint = "{EBAY_ENDPOINT}"
         let metrics = Arc::new(Metrics::new());
         let proxy = Proxy::new(Arc::clone(&config), Arc::clone(&metrics), Vec::new()).unwrap();
         let key_cache = Arc::new(KeyCache::new(Arc::new(ProxyKeyFetch { proxy }), KEY_TTL));
+        let config_debug = format!("{config:?}");
         let settings = Arc::new(config.inbound[0].clone());
         let inbound = Inbound::new(
             settings,
@@ -303,6 +305,7 @@ endpoint = "{EBAY_ENDPOINT}"
             addr,
             metrics,
             client: reqwest::Client::builder().no_proxy().build().unwrap(),
+            config_debug,
             _dir: dir,
             _stop: stop,
         }
@@ -836,4 +839,38 @@ fn readme_inbound_block_is_valid_config() {
             "/webhooks/shopee shopee.default"
         ]
     );
+}
+
+#[tokio::test]
+async fn no_inbound_secret_shows_in_debug_metrics_or_answers() {
+    let s = Setup::start(2500).await;
+    let forged = hmac_hex("x", &[TT_BODY.as_bytes()]);
+    let (_, a) = s
+        .post(
+            "/webhooks/tiktok",
+            &[("authorization", &forged)],
+            TT_BODY.as_bytes(),
+        )
+        .await;
+    let (_, b) = s
+        .post(
+            "/webhooks/ebay",
+            &[("x-ebay-signature", EBAY_HEADER)],
+            EBAY_BODY.as_bytes(),
+        )
+        .await;
+    let shown = format!(
+        "{}\n{}\n{}\n{}",
+        s.config_debug,
+        s.metrics.encode(),
+        String::from_utf8_lossy(&a),
+        String::from_utf8_lossy(&b)
+    );
+    assert!(
+        shown.contains("inbound"),
+        "the Debug output is not the config's"
+    );
+    for secret in [SHOPEE_KEY, EBAY_VERIFICATION_TOKEN, EBAY_APP_TOKEN] {
+        assert!(!shown.contains(secret), "a secret shows: {secret}");
+    }
 }
