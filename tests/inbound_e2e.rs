@@ -78,6 +78,11 @@ struct App {
 
 impl App {
     async fn start() -> (App, SocketAddr) {
+        App::start_with(None).await
+    }
+
+    /// The app over TLS when `tls` is given.
+    async fn start_with(tls: Option<tokio_rustls::TlsAcceptor>) -> (App, SocketAddr) {
         let app = App {
             behaviour: Arc::new(Mutex::new((200, Duration::ZERO))),
             ..App::default()
@@ -91,33 +96,48 @@ impl App {
                     return;
                 };
                 let app = served.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
-                    let service = service_fn(move |req: Request<Incoming>| {
-                        let app = app.clone();
-                        async move {
-                            let (parts, body) = req.into_parts();
-                            let body = body.collect().await.unwrap().to_bytes();
-                            app.seen.lock().unwrap().push(Seen {
-                                path: parts.uri.to_string(),
-                                headers: parts.headers,
-                                body,
-                            });
-                            let (status, delay) = *app.behaviour.lock().unwrap();
-                            tokio::time::sleep(delay).await;
-                            let mut resp = Response::new(Full::new(Bytes::new()));
-                            *resp.status_mut() = http::StatusCode::from_u16(status).unwrap();
-                            resp.headers_mut()
-                                .insert("x-app", http::HeaderValue::from_static("yes"));
-                            Ok::<_, Infallible>(resp)
+                    match tls {
+                        Some(acceptor) => {
+                            if let Ok(stream) = acceptor.accept(stream).await {
+                                app.serve(stream).await;
+                            }
                         }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                        None => app.serve(stream).await,
+                    }
                 });
             }
         });
         (app, addr)
+    }
+
+    async fn serve<S>(self, io: S)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let service = service_fn(move |req: Request<Incoming>| {
+            let app = self.clone();
+            async move {
+                let (parts, body) = req.into_parts();
+                let body = body.collect().await.unwrap().to_bytes();
+                app.seen.lock().unwrap().push(Seen {
+                    path: parts.uri.to_string(),
+                    headers: parts.headers,
+                    body,
+                });
+                let (status, delay) = *app.behaviour.lock().unwrap();
+                tokio::time::sleep(delay).await;
+                let mut resp = Response::new(Full::new(Bytes::new()));
+                *resp.status_mut() = http::StatusCode::from_u16(status).unwrap();
+                resp.headers_mut()
+                    .insert("x-app", http::HeaderValue::from_static("yes"));
+                Ok::<_, Infallible>(resp)
+            }
+        });
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(io), service)
+            .await;
     }
 
     fn seen(&self) -> Vec<Seen> {
@@ -223,8 +243,23 @@ struct Setup {
 
 impl Setup {
     async fn start(tiktok_deadline_ms: u64) -> Setup {
+        Setup::start_with(tiktok_deadline_ms, false).await
+    }
+
+    /// `https_app`: the app listens over TLS (a leaf from the test CA, trusted via ca_file).
+    async fn start_with(tiktok_deadline_ms: u64, https_app: bool) -> Setup {
         let ca = TestCa::new();
-        let (app, app_addr) = App::start().await;
+        let (app, app_addr) = if https_app {
+            let acceptor = tokio_rustls::TlsAcceptor::from(ca.server_config(&["localhost"]));
+            App::start_with(Some(acceptor)).await
+        } else {
+            App::start().await
+        };
+        let forward_to = if https_app {
+            format!("https://localhost:{}/app/", app_addr.port())
+        } else {
+            format!("http://{app_addr}/app/")
+        };
         let (keys, keys_addr) = KeyApi::start(&ca).await;
         let dir = tempfile::tempdir().unwrap();
         let ca_file = ca.write_ca_pem(dir.path());
@@ -254,7 +289,7 @@ access_token = "{EBAY_APP_TOKEN}"
 
 [inbound.hooks]
 listen = "127.0.0.1:0"
-forward_to = "http://{app_addr}/app/"
+forward_to = "{forward_to}"
 
 [[inbound.hooks.routes]]
 path = "/webhooks/tiktok"
@@ -873,4 +908,24 @@ async fn no_inbound_secret_shows_in_debug_metrics_or_answers() {
     for secret in [SHOPEE_KEY, EBAY_VERIFICATION_TOKEN, EBAY_APP_TOKEN] {
         assert!(!shown.contains(secret), "a secret shows: {secret}");
     }
+}
+
+#[tokio::test]
+async fn an_https_app_gets_the_verified_event_and_its_answer_is_relayed() {
+    let s = Setup::start_with(2500, true).await;
+    s.app.answer(202, Duration::ZERO);
+    let resp = s
+        .client
+        .post(format!("http://{}/webhooks/tiktok", s.addr))
+        .header("authorization", TT_SIG)
+        .body(TT_BODY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 202);
+    assert_eq!(resp.headers()["x-app"], "yes");
+    let seen = s.app.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].body.as_ref(), TT_BODY.as_bytes());
+    assert_eq!(seen[0].headers["x-signproxy-verified"], "tiktok.default");
 }
