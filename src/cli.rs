@@ -101,6 +101,11 @@ enum Command {
         #[command(subcommand)]
         action: StoreAction,
     },
+    /// Inbound webhooks: test events against an `[inbound.NAME]` listener.
+    Webhook {
+        #[command(subcommand)]
+        action: WebhookAction,
+    },
     /// Probe a running signproxy's admin port (for container health checks): exit 0 when ready.
     Health {
         /// Config file whose [admin] listen to probe (same default as `run`).
@@ -129,6 +134,31 @@ enum StoreAction {
         /// Where they go: redis.
         #[arg(long, value_parser = ["redis"])]
         to: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum WebhookAction {
+    /// Send a test event signed as the profile's marketplace signs it to the listener whose
+    /// route uses the profile, and print the answer (eBay: the endpoint challenge).
+    Send {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The profile whose route receives it (`tiktok.default`, or `default` when unique).
+        #[arg(long)]
+        profile: String,
+        /// The event type: TikTok's name (ORDER_STATUS_CHANGE) or number, Shopee's push code.
+        #[arg(long = "type", default_value = "1")]
+        event_type: String,
+        /// Spoil the signature: the listener must refuse it.
+        #[arg(long, conflicts_with = "replay")]
+        forged: bool,
+        /// Send the same event twice: the second must be acknowledged without reaching the app.
+        #[arg(long)]
+        replay: bool,
+        /// Send to this base URL instead of the listener's address (e.g. your ingress).
+        #[arg(long)]
+        url: Option<String>,
     },
 }
 
@@ -178,6 +208,17 @@ pub fn main() -> ExitCode {
         Command::Store {
             action: StoreAction::Migrate { config, .. },
         } => store_migrate(config),
+        Command::Webhook {
+            action:
+                WebhookAction::Send {
+                    config,
+                    profile,
+                    event_type,
+                    forged,
+                    replay,
+                    url,
+                },
+        } => webhook_send(config, &profile, &event_type, forged, replay, url),
         Command::Doctor {
             config,
             profile,
@@ -203,6 +244,103 @@ pub fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// `webhook send`: a test event through the listener whose route uses `profile`.
+fn webhook_send(
+    flag: Option<PathBuf>,
+    profile: &str,
+    event_type: &str,
+    forged: bool,
+    replay: bool,
+    url: Option<String>,
+) -> Result<(), String> {
+    let config = load(flag)?;
+    let routes: Vec<_> = config
+        .inbound
+        .iter()
+        .flat_map(|i| i.routes.iter().map(move |r| (i, r)))
+        .filter(|(_, r)| r.profile.qualified_name() == profile || r.profile.name == profile)
+        .collect();
+    let (inbound, route) = match routes.as_slice() {
+        [one] => *one,
+        [] => {
+            return Err(format!(
+                "no [[inbound.NAME.routes]] uses the profile `{profile}`: add a route for it"
+            ))
+        }
+        _ => {
+            return Err(format!(
+                "several inbound routes use the profile `{profile}`: name it as KIND.NAME or keep one route per profile"
+            ))
+        }
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|_| "the system clock is before 1970".to_owned())?;
+    let unique = u64::try_from(now.as_micros()).unwrap_or(u64::MAX);
+    let event = route
+        .verifier
+        .test_event(event_type, unique, now.as_secs(), forged)?;
+    let base = match url {
+        Some(u) => u.trim_end_matches('/').to_owned(),
+        None => {
+            let mut addr = inbound.listen;
+            if addr.ip().is_unspecified() {
+                addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+            }
+            format!("http://{addr}")
+        }
+    };
+    let target = match &event.query {
+        Some(q) => format!("{base}{}?{q}", route.path),
+        None => format!("{base}{}", route.path),
+    };
+    let uri: http::Uri = target
+        .parse()
+        .map_err(|_| format!("`{target}` is not a URL"))?;
+    let times = if replay { 2 } else { 1 };
+    runtime()?.block_on(async {
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http::<http_body_util::Full<bytes::Bytes>>();
+        for attempt in 1..=times {
+            let mut request = http::Request::new(http_body_util::Full::new(bytes::Bytes::from(
+                event.body.clone(),
+            )));
+            *request.method_mut() = event.method.clone();
+            *request.uri_mut() = uri.clone();
+            for (name, value) in &event.headers {
+                let name = http::header::HeaderName::from_bytes(name.as_bytes())
+                    .map_err(|_| format!("bad header name {name}"))?;
+                let value = http::HeaderValue::from_str(value)
+                    .map_err(|_| "bad header value".to_owned())?;
+                request.headers_mut().insert(name, value);
+            }
+            let response =
+                tokio::time::timeout(std::time::Duration::from_secs(30), client.request(request))
+                    .await
+                    .map_err(|_| format!("{target} did not answer within 30 s"))?
+                    .map_err(|e| format!("cannot reach {target}: {e} (is `signproxy run` up?)"))?;
+            let status = response.status();
+            let body = http_body_util::BodyExt::collect(response.into_body())
+                .await
+                .map_err(|e| format!("reading the answer failed: {e}"))?
+                .to_bytes();
+            let what = match (forged, attempt) {
+                (true, _) => "forged event",
+                (false, 2) => "replayed event",
+                (false, _) => "event",
+            };
+            println!(
+                "{what} {} {target} -> {} {}",
+                event.method,
+                status.as_u16(),
+                String::from_utf8_lossy(&body)
+            );
+        }
+        Ok::<(), String>(())
+    })
 }
 
 fn load(flag: Option<PathBuf>) -> Result<Config, String> {
@@ -297,6 +435,40 @@ async fn serve(path: PathBuf, config: Arc<Config>, sandbox_flag: bool) -> Result
         tokio::spawn(crate::admin::serve(listener, proxy.clone(), async move {
             let _ = stopped.wait_for(|s| *s).await;
         }));
+    }
+    for settings in &config.inbound {
+        let listener = bind(
+            settings.listen,
+            &format!("inbound.{}.listen", settings.name),
+        )
+        .await?;
+        let keys = Arc::new(crate::inbound::KeyCache::new(
+            Arc::new(crate::inbound::keys::ProxyKeyFetch {
+                proxy: proxy.clone(),
+            }),
+            crate::inbound::keys::KEY_TTL,
+        ));
+        let inbound = crate::inbound::Inbound::new(
+            Arc::new(settings.clone()),
+            Arc::clone(proxy.metrics()),
+            &config.upstream.extra_roots,
+            Some(keys),
+        )
+        .map_err(|e| e.to_string())?;
+        tracing::info!(
+            listener = %settings.name,
+            listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+            routes = settings.routes.len(),
+            "inbound webhooks listening"
+        );
+        let mut stopped = stopped_rx.clone();
+        tokio::spawn(crate::inbound::serve(
+            listener,
+            Arc::new(inbound),
+            async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            },
+        ));
     }
     tokio::spawn(obtain_missing_tokens(proxy.clone()));
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -641,10 +813,35 @@ fn check(flag: Option<PathBuf>) -> Result<(), String> {
     for line in route_lines(&config) {
         let _ = writeln!(out, "route {line}");
     }
+    for line in inbound_lines(&config) {
+        let _ = writeln!(out, "{line}");
+    }
     if config.sandbox.enabled {
         let _ = writeln!(out, "{SANDBOX_LINE}");
     }
     Ok(())
+}
+
+/// `inbound NAME ADDR PATH -> URL (profile P, answer within N ms)`, one per route.
+fn inbound_lines(config: &Config) -> Vec<String> {
+    config
+        .inbound
+        .iter()
+        .flat_map(|i| {
+            i.routes.iter().map(move |r| {
+                format!(
+                    "inbound {} {}{} -> {}{} (profile {}, answer within {} ms)",
+                    i.name,
+                    i.listen,
+                    r.path,
+                    i.forward_to.to_string().trim_end_matches('/'),
+                    r.path,
+                    r.profile.label(),
+                    r.deadline.as_millis()
+                )
+            })
+        })
+        .collect()
 }
 
 const MANAGED_TOKEN_PLACEHOLDER: &str = "<managed-access-token>";

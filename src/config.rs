@@ -35,8 +35,8 @@ pub const DEFAULT_MAX_BUFFERED_BYTES: u64 = 256 * 1024 * 1024;
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
 pub const DEFAULT_PASSTHROUGH_PORTS: [u16; 1] = [443];
 /// The top-level tables besides the marketplaces'.
-const SECTIONS: [&str; 7] = [
-    "proxy", "upstream", "mitm", "admin", "log", "sandbox", "store",
+const SECTIONS: [&str; 8] = [
+    "proxy", "upstream", "mitm", "admin", "log", "sandbox", "store", "inbound",
 ];
 
 /// How errors name a config given as text rather than a file.
@@ -63,6 +63,8 @@ pub struct Config {
     pub sandbox: SandboxSettings,
     pub store: StoreSettings,
     pub profiles: Vec<Arc<Profile>>,
+    /// `[inbound.NAME]`: listeners that verify marketplace webhooks before the app sees them.
+    pub inbound: Vec<InboundSettings>,
     /// Problems that do not stop signproxy but should be fixed (a config file with literal
     /// secrets, or a secret file, that group or others can read). `check` prints them, `run`
     /// logs them.
@@ -251,6 +253,8 @@ pub struct Profile {
     pub token: TokenSource,
     /// The marketplace's offline stand-in, holding this profile's credentials to verify with.
     pub stand_in: Arc<dyn StandIn>,
+    /// How the profile verifies the marketplace's webhooks, when it sends any.
+    pub webhook: Option<Arc<dyn marketplace::webhook::Webhook>>,
     /// `kind.name`, made once: every request's log line and metrics name the profile.
     label: Arc<str>,
 }
@@ -269,6 +273,32 @@ impl Profile {
     pub fn serves(&self, host: &str) -> bool {
         self.hosts.iter().any(|p| p.matches(host))
     }
+}
+
+/// The default `[inbound.NAME] dedupe_capacity`: event ids remembered per listener.
+pub const DEFAULT_INBOUND_DEDUPE_CAPACITY: usize = 100_000;
+
+/// One `[inbound.NAME]` listener.
+#[derive(Debug, Clone)]
+pub struct InboundSettings {
+    pub name: String,
+    pub listen: SocketAddr,
+    /// The app's URL: plain http on loopback, or https.
+    pub forward_to: http::Uri,
+    pub routes: Vec<InboundRoute>,
+    /// How many event ids the replay guard keeps (least recently seen dropped first).
+    pub dedupe_capacity: usize,
+    pub max_body_bytes: u64,
+}
+
+/// One `[[inbound.NAME.routes]]` entry.
+#[derive(Debug, Clone)]
+pub struct InboundRoute {
+    pub path: String,
+    pub profile: Arc<Profile>,
+    pub verifier: Arc<dyn marketplace::webhook::WebhookRoute>,
+    /// How long the app may take to answer before signproxy answers 504.
+    pub deadline: Duration,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -292,6 +322,8 @@ struct RawConfig {
     sandbox: RawSandbox,
     #[serde(default)]
     store: RawStore,
+    #[serde(default)]
+    inbound: BTreeMap<String, RawInbound>,
 }
 
 #[derive(Deserialize, Default)]
@@ -302,6 +334,19 @@ struct RawStore {
     key_prefix: Option<String>,
     connect_timeout_ms: Option<u64>,
     response_timeout_ms: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawInbound {
+    listen: String,
+    forward_to: String,
+    #[serde(default)]
+    routes: Vec<toml::Table>,
+    dedupe_capacity: Option<usize>,
+    max_body_bytes: Option<u64>,
+    #[serde(default)]
+    allow_unauthenticated: bool,
 }
 
 #[derive(Deserialize, Default)]
@@ -583,6 +628,11 @@ impl Config {
         mitm.permitted_hosts = intercepted_hosts(&profiles);
 
         let auth = raw.proxy.auth.map(|a| ctx.auth(a, &profiles)).transpose()?;
+        let inbound = raw
+            .inbound
+            .into_iter()
+            .map(|(name, section)| ctx.inbound(name, section, &profiles, max_body_bytes))
+            .collect::<Result<Vec<_>, _>>()?;
         let warnings = ctx.take_warnings(source);
         ctx.exposure(
             "proxy.listen",
@@ -674,6 +724,7 @@ impl Config {
             sandbox,
             store,
             profiles,
+            inbound,
             warnings,
         })
     }
@@ -889,6 +940,140 @@ impl Ctx<'_> {
             key,
             format!("`{addr}` is reachable from other machines and nothing authenticates its clients: {fixes}"),
         ))
+    }
+
+    /// One `[inbound.NAME]` table: its listener (the proxy port's loopback rule: the marketplace
+    /// signature is what authenticates, so a public address needs `allow_unauthenticated`
+    /// spelled out), the app's URL, and each route through its profile's marketplace.
+    fn inbound(
+        &self,
+        name: String,
+        raw: RawInbound,
+        profiles: &[Arc<Profile>],
+        max_body_bytes: u64,
+    ) -> Result<InboundSettings, ConfigError> {
+        let at = |k: &str| format!("inbound.{name}.{k}");
+        let listen = self.address(&at("listen"), &raw.listen, "127.0.0.1:8081")?;
+        self.exposure(
+            &at("listen"),
+            listen,
+            raw.allow_unauthenticated,
+            "listen on 127.0.0.1 behind your ingress, or set allow_unauthenticated = true in this \
+             table if only marketplace signatures should guard it (every request is verified \
+             before it is forwarded)",
+        )?;
+        let forward_to: http::Uri = raw.forward_to.trim().parse().map_err(|_| {
+            self.fail(
+                &at("forward_to"),
+                "is not a URL: use the app's address, such as \"http://127.0.0.1:3000/\"",
+            )
+        })?;
+        let loopback_host = forward_to.host().is_some_and(|h| {
+            h == "localhost"
+                || h.trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        });
+        match forward_to.scheme_str() {
+            Some("https") => {}
+            Some("http") if loopback_host => {}
+            _ => {
+                return Err(self.fail(
+                    &at("forward_to"),
+                    "must be plain http on loopback (http://127.0.0.1:PORT/) or https: verified events carry order data",
+                ))
+            }
+        }
+        if raw.routes.is_empty() {
+            return Err(self.fail(
+                &at("routes"),
+                "lists no route: add [[inbound.NAME.routes]] with path and profile",
+            ));
+        }
+        let mut routes: Vec<InboundRoute> = Vec::new();
+        for (i, mut table) in raw.routes.into_iter().enumerate() {
+            let rkey = |k: &str| format!("inbound.{name}.routes[{i}].{k}");
+            let text = |table: &mut toml::Table, k: &str| -> Result<String, ConfigError> {
+                match table.remove(k) {
+                    Some(toml::Value::String(s)) => Ok(s),
+                    Some(_) => Err(self.fail(&rkey(k), "must be a string")),
+                    None => Err(self.fail(&rkey(k), "is missing")),
+                }
+            };
+            let path = text(&mut table, "path")?;
+            if !path.starts_with('/') || path.contains('?') {
+                return Err(self.fail(
+                    &rkey("path"),
+                    "must be a path such as \"/webhooks/orders\" (no query)",
+                ));
+            }
+            if routes.iter().any(|r| r.path == path) {
+                return Err(self.fail(&rkey("path"), "is already another route's path"));
+            }
+            let wanted = text(&mut table, "profile")?;
+            let qualified =
+                qualify_profile(&wanted, profiles).map_err(|m| self.fail(&rkey("profile"), m))?;
+            let Some(profile) = profiles
+                .iter()
+                .find(|p| p.qualified_name() == qualified)
+                .cloned()
+            else {
+                return Err(self.fail(&rkey("profile"), format!("no profile `{wanted}`")));
+            };
+            let deadline_ms = match table.remove("deadline_ms") {
+                None => None,
+                Some(toml::Value::Integer(n)) if n > 0 => u64::try_from(n).ok(),
+                Some(_) => {
+                    return Err(self.fail(&rkey("deadline_ms"), "must be a positive integer"))
+                }
+            };
+            let Some(webhook) = profile.webhook.clone() else {
+                return Err(self.fail(
+                    &rkey("profile"),
+                    format!(
+                        "`{qualified}` is a {} profile, and signproxy verifies no webhooks of that marketplace",
+                        profile.kind
+                    ),
+                ));
+            };
+            let resolve = |key: &str, source: &SecretRef| {
+                self.secret(&rkey(key), source)
+                    .map_err(|e| ProfileError::new(key, e.message))
+            };
+            let cx = ProfileContext::new(&profile.name, &resolve);
+            let verifier = webhook.route(table, &cx).map_err(|e| {
+                let key = if e.key.is_empty() {
+                    format!("inbound.{name}.routes[{i}]")
+                } else {
+                    rkey(&e.key)
+                };
+                self.fail(&key, e.message)
+            })?;
+            let deadline = deadline_ms
+                .map(Duration::from_millis)
+                .unwrap_or_else(|| verifier.default_deadline());
+            routes.push(InboundRoute {
+                path,
+                profile,
+                verifier,
+                deadline,
+            });
+        }
+        let dedupe_capacity = raw
+            .dedupe_capacity
+            .unwrap_or(DEFAULT_INBOUND_DEDUPE_CAPACITY);
+        if dedupe_capacity == 0 {
+            return Err(self.fail(&at("dedupe_capacity"), "must be at least 1"));
+        }
+        Ok(InboundSettings {
+            name,
+            listen,
+            forward_to,
+            routes,
+            dedupe_capacity,
+            max_body_bytes: raw.max_body_bytes.unwrap_or(max_body_bytes).max(1),
+        })
     }
 
     fn auth(&self, raw: RawAuth, profiles: &[Arc<Profile>]) -> Result<ProxyAuth, ConfigError> {
@@ -1135,6 +1320,7 @@ impl Ctx<'_> {
             signer: parts.signer,
             token: parts.token,
             stand_in: parts.stand_in,
+            webhook: parts.webhook,
         })
     }
 }
@@ -1215,6 +1401,58 @@ mod tests {
         assert_eq!(c.proxy.listen.to_string(), DEFAULT_LISTEN);
         assert_eq!(c.proxy.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
         assert!(c.profiles.is_empty());
+    }
+
+    #[test]
+    fn inbound_listeners_follow_the_proxy_port_rules() {
+        let profile = "[tiktok.default]\napp_key=\"k\"\napp_secret=\"s\"\n[shopee.default]\npartner_id=1\npartner_key=\"shpk\"\n";
+        let inbound = |listen: &str, forward: &str, route: &str| {
+            format!("{profile}[inbound.hooks]\nlisten=\"{listen}\"\nforward_to=\"{forward}\"\n[[inbound.hooks.routes]]\n{route}\n")
+        };
+        let tt = "path=\"/hooks/tt\"\nprofile=\"tiktok.default\"";
+        let c = parse(&inbound("127.0.0.1:8081", "http://127.0.0.1:3000/", tt)).unwrap();
+        assert_eq!(c.inbound.len(), 1);
+        assert_eq!(
+            c.inbound[0].routes[0].profile.qualified_name(),
+            "tiktok.default"
+        );
+        assert_eq!(c.inbound[0].routes[0].deadline, Duration::from_millis(2500));
+        assert_eq!(
+            c.inbound[0].dedupe_capacity,
+            DEFAULT_INBOUND_DEDUPE_CAPACITY
+        );
+        // A public address needs the explicit opt-in.
+        let e = parse(&inbound("0.0.0.0:8081", "http://127.0.0.1:3000/", tt)).unwrap_err();
+        assert!(e.to_string().contains("inbound.hooks.listen"), "{e}");
+        // Plain http only on loopback.
+        let e = parse(&inbound("127.0.0.1:8081", "http://app.internal:3000/", tt)).unwrap_err();
+        assert!(e.to_string().contains("inbound.hooks.forward_to"), "{e}");
+        parse(&inbound("127.0.0.1:8081", "https://app.internal/", tt)).unwrap();
+        // Route keys are the marketplace's: unknown ones and missing ones are errors.
+        let e = parse(&inbound(
+            "127.0.0.1:8081",
+            "http://127.0.0.1:3000/",
+            "path=\"/hooks/tt\"\nprofile=\"tiktok.default\"\ncallback_url=\"https://x\"",
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("inbound.hooks.routes[0]"), "{e}");
+        let e = parse(&inbound(
+            "127.0.0.1:8081",
+            "http://127.0.0.1:3000/",
+            "path=\"/hooks/sp\"\nprofile=\"shopee.default\"",
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("callback_url"), "{e}");
+        let e = parse(&inbound(
+            "127.0.0.1:8081",
+            "http://127.0.0.1:3000/",
+            "path=\"/hooks/tt\"\nprofile=\"nope\"",
+        ))
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("inbound.hooks.routes[0].profile"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -30,6 +30,9 @@
 //! - [`token`]: access-token lifecycle over a `TokenEndpoint`: static or managed (refresh,
 //!   persist, retry on expiry).
 //! - [`metrics`]: the Prometheus metrics the proxy keeps.
+//! - [`inbound`]: `[inbound.NAME]` listeners: marketplace webhooks verified through the profile's
+//!   `marketplace::webhook::WebhookRoute`, de-duplicated, forwarded to the app (keys fetched by id
+//!   through the proxy's upstream client and token manager).
 //! - [`proxy`]: the server: live state and reload, admission (auth, head limits), accept loop,
 //!   one event loop per worker thread, limits and shutdown, the canonical log line,
 //!   absolute-form forwarding, CONNECT, and the single place where errors become HTTP responses.
@@ -52,6 +55,7 @@ pub(crate) mod egress;
 #[doc(hidden)]
 pub mod fuzzing;
 pub(crate) mod host;
+pub mod inbound;
 pub(crate) mod logging;
 pub mod marketplace;
 pub mod metrics;

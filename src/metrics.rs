@@ -44,6 +44,15 @@ pub struct ClassLabels {
     pub class: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct InboundLabels {
+    /// The `[inbound.NAME]` listener.
+    pub listener: String,
+    /// The profile whose route took the request ("-" when no route did).
+    pub profile: String,
+    pub outcome: &'static str,
+}
+
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum Outcome {
     Success,
@@ -132,6 +141,7 @@ pub struct Metrics {
     pub upstream_clock_skew: Gauge,
     skew_warned: std::sync::atomic::AtomicBool,
     egress_denied: Family<ClassLabels, Counter>,
+    inbound: Family<InboundLabels, Counter>,
     pub open_connections: Gauge,
     pub open_tunnels: Gauge,
 }
@@ -248,6 +258,12 @@ impl Metrics {
             "Passthrough destinations refused by the egress guard, by address class",
             egress_denied.clone(),
         );
+        let inbound = Family::<InboundLabels, Counter>::default();
+        registry.register(
+            "inbound_webhooks",
+            "Inbound webhook requests, by listener, profile and outcome (forwarded, app_refused, duplicate, unsigned, forged, malformed, timeout, ...)",
+            inbound.clone(),
+        );
         let open_connections = Gauge::default();
         registry.register(
             "open_connections",
@@ -280,6 +296,7 @@ impl Metrics {
             upstream_clock_skew,
             skew_warned: std::sync::atomic::AtomicBool::new(false),
             egress_denied,
+            inbound,
             open_connections,
             open_tunnels,
         }
@@ -365,6 +382,17 @@ impl Metrics {
         self.token_adoptions
             .get_or_create(&ProfileLabels {
                 profile: profile.to_owned(),
+            })
+            .inc();
+    }
+
+    /// One inbound webhook request's outcome (`forwarded`, `forged`, `duplicate`, ...).
+    pub fn inbound(&self, listener: &str, profile: &str, outcome: &'static str) {
+        self.inbound
+            .get_or_create(&InboundLabels {
+                listener: listener.to_owned(),
+                profile: profile.to_owned(),
+                outcome,
             })
             .inc();
     }

@@ -16,6 +16,7 @@ pub mod lazada;
 pub mod shopee;
 pub mod stand_in;
 pub mod tiktok;
+pub mod webhook;
 
 use std::fmt;
 use std::sync::Arc;
@@ -65,6 +66,8 @@ pub struct ProfileParts {
     pub token: TokenSource,
     /// The profile's offline stand-in for `run --sandbox` and `sandbox serve`.
     pub stand_in: Arc<dyn StandIn>,
+    /// How the profile's secret verifies the webhooks the marketplace sends, when it sends any.
+    pub webhook: Option<Arc<dyn webhook::Webhook>>,
 }
 
 /// What a marketplace needs from the config loader while it builds a profile.

@@ -368,6 +368,14 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
     );
     note(old.admin.listen != new.admin.listen, "admin.listen");
     note(old.log != new.log, "log");
+    // Inbound listeners keep the routes and secrets they started with.
+    let inbound = |c: &Config| {
+        c.inbound
+            .iter()
+            .map(|i| format!("{:?}", (&i.name, i.listen, &i.forward_to, i.routes.len())))
+            .collect::<Vec<_>>()
+    };
+    note(inbound(old) != inbound(new), "inbound");
     notes
 }
 

@@ -146,6 +146,7 @@ impl Marketplace for Amazon {
         };
         let stand_in = AmazonStandIn::new(&lwa);
         Ok(ProfileParts {
+            webhook: None,
             hosts,
             signer: Arc::new(signer),
             token: TokenSource::Managed(Arc::new(lwa)),

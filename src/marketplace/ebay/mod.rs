@@ -7,6 +7,7 @@ pub mod keys;
 pub mod oauth;
 pub mod sandbox;
 pub mod sign;
+pub mod webhook;
 
 use std::sync::Arc;
 
@@ -152,7 +153,13 @@ impl Marketplace for Ebay {
                 TokenSource::None
             }
         };
+        let key_host = hosts
+            .iter()
+            .find(|h| !h.starts_with("apiz.") && !h.contains('*'))
+            .cloned()
+            .unwrap_or_else(|| "api.ebay.com".to_owned());
         Ok(ProfileParts {
+            webhook: Some(Arc::new(webhook::EbayWebhook { key_host })),
             hosts,
             stand_in: Arc::new(EbayStandIn::new(
                 Arc::clone(&creds.key),

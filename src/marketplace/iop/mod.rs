@@ -85,6 +85,7 @@ pub fn profile(
         })
     })?;
     Ok(ProfileParts {
+        webhook: None,
         hosts: raw
             .hosts
             .unwrap_or_else(|| default_hosts.iter().map(|h| h.to_string()).collect()),

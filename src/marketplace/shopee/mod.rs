@@ -6,6 +6,7 @@ pub mod doctor;
 pub mod oauth;
 pub mod sandbox;
 pub mod sign;
+pub mod webhook;
 
 use std::sync::Arc;
 
@@ -131,6 +132,9 @@ impl Marketplace for Shopee {
             })
         })?;
         Ok(ProfileParts {
+            webhook: Some(Arc::new(webhook::ShopeeWebhook {
+                partner_key: creds.partner_key.clone(),
+            })),
             hosts,
             stand_in: Arc::new(ShopeeStandIn {
                 partner_id: creds.partner_id,

@@ -6,6 +6,7 @@ pub mod doctor;
 pub mod oauth;
 pub mod sandbox;
 pub mod sign;
+pub mod webhook;
 
 use std::sync::Arc;
 
@@ -73,6 +74,10 @@ impl Marketplace for Tiktok {
             })
         })?;
         Ok(ProfileParts {
+            webhook: Some(Arc::new(webhook::TiktokWebhook {
+                app_key: creds.app_key.clone(),
+                app_secret: creds.app_secret.clone(),
+            })),
             hosts: raw
                 .hosts
                 .unwrap_or_else(|| self.default_hosts().iter().map(|h| h.to_string()).collect()),
