@@ -277,6 +277,9 @@ impl Profile {
 
 /// The default `[inbound.NAME] dedupe_capacity`: event ids remembered per listener.
 pub const DEFAULT_INBOUND_DEDUPE_CAPACITY: usize = 100_000;
+/// Webhook bodies are small, and an inbound body is read before its signature can be checked:
+/// anyone who reaches the listener can make it buffer this much per connection.
+pub const DEFAULT_INBOUND_MAX_BODY_BYTES: u64 = 1 << 20;
 
 /// One `[inbound.NAME]` listener.
 #[derive(Debug, Clone)]
@@ -1072,7 +1075,10 @@ impl Ctx<'_> {
             forward_to,
             routes,
             dedupe_capacity,
-            max_body_bytes: raw.max_body_bytes.unwrap_or(max_body_bytes).max(1),
+            max_body_bytes: raw
+                .max_body_bytes
+                .unwrap_or(DEFAULT_INBOUND_MAX_BODY_BYTES.min(max_body_bytes))
+                .max(1),
         })
     }
 

@@ -101,6 +101,9 @@ struct Entry {
     restricted_failures: Mutex<HashMap<String, (Timestamp, String)>>,
     /// With a shared store: when (clock millis) the cached token is next checked against it.
     next_sync_ms: AtomicU64,
+    /// The last refresh's pair could not be written to a shared store: its lease is left to run
+    /// out rather than released, so no other replica refreshes at once with the spent token.
+    unpersisted: std::sync::atomic::AtomicBool,
 }
 
 type RestrictedSlot = Arc<tokio::sync::Mutex<Option<Access>>>;
@@ -333,6 +336,7 @@ impl TokenManager {
                     restricted: Mutex::new(HashMap::new()),
                     restricted_failures: Mutex::new(HashMap::new()),
                     next_sync_ms: AtomicU64::new(0),
+                    unpersisted: std::sync::atomic::AtomicBool::new(false),
                 }),
             );
         }
@@ -740,7 +744,8 @@ impl TokenManager {
                 .saturating_sub(lease.taken_at.elapsed() + LEASE_MARGIN)
         });
         let fetched = self.fetch(entry, now, budget).await;
-        if let Some(store) = self.store.as_ref().filter(|s| s.shared()) {
+        let unpersisted = entry.unpersisted.load(Ordering::Relaxed);
+        if let Some(store) = self.store.as_ref().filter(|s| s.shared() && !unpersisted) {
             if let Err(e) = store.release(&lease).await {
                 self.metrics.token_store_error("release");
                 tracing::warn!(profile = %entry.name, error = %e, "could not release the refresh lease; it runs out by itself");
@@ -854,7 +859,10 @@ impl TokenManager {
                 .put(store.as_ref(), &entry.name, expected, stored)
                 .await
             {
-                Ok(Some(version)) => entry.lock().version = version,
+                Ok(Some(version)) => {
+                    entry.unpersisted.store(false, Ordering::Relaxed);
+                    entry.lock().version = version;
+                }
                 Ok(None) => {
                     // Only after a lost lease: the newer pair in the store wins.
                     self.metrics.token_store_conflict(&entry.name);
@@ -867,6 +875,7 @@ impl TokenManager {
                         .unwrap_or(access));
                 }
                 Err(e) => {
+                    entry.unpersisted.store(true, Ordering::Relaxed);
                     tracing::error!(profile = %entry.name, error = %e, "could not persist the new tokens; a restart would lose them");
                 }
             }
@@ -927,6 +936,7 @@ impl TokenManager {
                     return;
                 }
                 Err(e) => {
+                    entry.unpersisted.store(true, Ordering::Relaxed);
                     tracing::error!(profile = %entry.name, error = %e, "could not persist the rotated refresh token; a restart would lose it");
                 }
             }
