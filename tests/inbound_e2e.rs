@@ -726,6 +726,8 @@ impl Drop for Child {
 
 #[tokio::test]
 async fn webhook_send_drives_a_running_listener_valid_replayed_and_forged() {
+    // A secret no output could contain by chance (the vector's `123` can show up in any id).
+    const SEND_SECRET: &str = "webhook-send-secret-7c1e";
     let (app, app_addr) = App::start().await;
     let dir = tempfile::tempdir().unwrap();
     let inbound_port = free_port();
@@ -740,7 +742,7 @@ state_dir = "{state}"
 
 [tiktok.default]
 app_key = "{TT_KEY}"
-app_secret = "{TT_SECRET}"
+app_secret = "{SEND_SECRET}"
 
 [inbound.hooks]
 listen = "127.0.0.1:{inbound_port}"
@@ -828,7 +830,7 @@ profile = "tiktok.default"
         "{replay}"
     );
     assert!(forged.contains("-> 401"), "{forged}");
-    assert!(!forged.contains(TT_SECRET));
+    assert!(!forged.contains(SEND_SECRET));
     // Two distinct events reached the app; the replay and the forgery did not.
     let seen = app.seen();
     assert_eq!(seen.len(), 2);
