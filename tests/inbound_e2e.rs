@@ -679,6 +679,49 @@ async fn ebay_vector_verifies_with_a_key_fetched_over_tls_cached_and_refetched_f
     assert_eq!(s.app.seen().len(), 2);
 }
 
+/// Key ids come from an unverified header: a flood of made-up ones may cost at most ten key
+/// service calls a minute, and never evicts the key genuine events verify with.
+#[tokio::test]
+async fn made_up_ebay_key_ids_cost_at_most_ten_fetches_a_minute() {
+    let s = Setup::start(2500).await;
+    s.app.answer(204, Duration::ZERO);
+    let genuine = || {
+        s.post(
+            "/webhooks/ebay",
+            &[("x-ebay-signature", EBAY_HEADER)],
+            EBAY_BODY.as_bytes(),
+        )
+    };
+    assert_eq!(genuine().await.0, 204);
+    assert_eq!(s.keys.asked().len(), 1);
+    let b64 = base64::engine::general_purpose::STANDARD;
+    for i in 0..15 {
+        let header = serde_json::json!({
+            "alg": "ecdsa",
+            "kid": format!("0a1b2c3d-0000-4000-8000-0000000001{i:02}"),
+            "signature": "MEUCIQ==",
+            "digest": "SHA1",
+        });
+        let (status, _) = s
+            .post(
+                "/webhooks/ebay",
+                &[("x-ebay-signature", &b64.encode(header.to_string()))],
+                EBAY_BODY.as_bytes(),
+            )
+            .await;
+        assert_ne!(status, 204, "a made-up key id never verifies");
+    }
+    assert_eq!(
+        s.keys.asked().len(),
+        10,
+        "the genuine fetch and nine made-up ones, then no more this minute"
+    );
+    // The genuine key is still held: its retry is acknowledged as a duplicate, no fetch.
+    assert_eq!(genuine().await.0, 204);
+    assert_eq!(s.keys.asked().len(), 10);
+    assert_eq!(s.app.seen().len(), 1);
+}
+
 #[tokio::test]
 async fn ebay_challenge_is_answered_by_signproxy_and_never_forwarded() {
     let s = Setup::start(2500).await;

@@ -18,8 +18,11 @@ use crate::proxy::Proxy;
 pub const KEY_TTL: Duration = Duration::from_secs(3600);
 /// After a failed fetch, requests naming that key are refused this long without a new fetch.
 const FAILURE_BACKOFF: Duration = Duration::from_secs(5);
-/// Keys kept at most; past it, expired ones are dropped first, then all.
+/// Keys kept at most; past it, expired and failed ones are dropped, and a valid one never is.
 const MAX_KEYS: usize = 256;
+/// Key ids never seen before fetched per profile per minute, at most: the id comes from an
+/// unverified header, and each fetch spends the app's key-service quota.
+const MAX_UNKNOWN_FETCHES_PER_MINUTE: u32 = 10;
 /// The largest key service answer read.
 const MAX_KEY_ANSWER_BYTES: usize = 64 * 1024;
 
@@ -46,6 +49,8 @@ pub struct KeyCache {
     fetch: Arc<dyn KeyFetch>,
     ttl: Duration,
     slots: Mutex<Slots>,
+    /// Per profile: when the current minute began, and the unknown ids fetched in it.
+    unknown_fetches: Mutex<HashMap<String, (Instant, u32)>>,
 }
 
 impl KeyCache {
@@ -54,7 +59,28 @@ impl KeyCache {
             fetch,
             ttl,
             slots: Mutex::new(HashMap::new()),
+            unknown_fetches: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Whether one more never-seen id may be fetched for `profile` this minute (and counts it).
+    fn may_fetch_unknown(&self, profile: &str) -> bool {
+        let mut counts = match self.unknown_fetches.lock() {
+            Ok(c) => c,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let (started, count) = counts
+            .entry(profile.to_owned())
+            .or_insert((Instant::now(), 0));
+        if started.elapsed() >= Duration::from_secs(60) {
+            *started = Instant::now();
+            *count = 0;
+        }
+        if *count >= MAX_UNKNOWN_FETCHES_PER_MINUTE {
+            return false;
+        }
+        *count += 1;
+        true
     }
 
     /// Key `kid` for `route`'s profile: cached while fresh, else fetched (once for all callers).
@@ -73,7 +99,9 @@ impl KeyCache {
                     })
                 });
                 if slots.len() >= MAX_KEYS {
-                    slots.clear();
+                    return Err(format!(
+                        "{MAX_KEYS} valid signing keys are held already; not fetching another"
+                    ));
                 }
             }
             Arc::clone(slots.entry(id).or_default())
@@ -89,6 +117,11 @@ impl KeyCache {
             .is_some_and(|at| at.elapsed() < FAILURE_BACKOFF)
         {
             return Err("the key service failed moments ago; not asking again yet".to_owned());
+        }
+        if slot.key.is_none() && !self.may_fetch_unknown(&route.profile.qualified_name()) {
+            return Err(format!(
+                "more than {MAX_UNKNOWN_FETCHES_PER_MINUTE} unknown key ids in the last minute; not asking the key service"
+            ));
         }
         match self.fetch.fetch(route, kid).await {
             Ok(key) => {
