@@ -167,12 +167,24 @@ pub async fn readiness(proxy: &Proxy) -> (bool, Value) {
         };
         tokens.insert(profile, entry);
     }
+    // Reported, never a reason to be unready: a key that expires soon still signs.
+    let mut credentials = serde_json::Map::new();
+    for profile in &state.config.profiles {
+        if let Some(expiry) = profile.signer.credential_expiry() {
+            let mut entry = json!({ "what": expiry.what, "expires_at": expiry.at });
+            if let Some(warning) = profile.expiry_warning(state.clock.now()) {
+                entry["warning"] = Value::String(warning);
+            }
+            credentials.insert(profile.qualified_name(), entry);
+        }
+    }
     let report = json!({
         "ready": ready,
         "checks": {
             "config": { "ok": true, "source": state.config.source.display().to_string() },
             "upstream_roots": { "ok": true, "trusted": state.upstream.trusted_roots() },
             "tokens": tokens,
+            "signing_credentials": credentials,
         }
     });
     (ready, report)

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
 
 use tokio::net::TcpListener;
@@ -16,7 +16,9 @@ use tokio::sync::watch;
 use crate::ca::CertificateAuthority;
 use crate::clock::{Clock, SystemClock, Timestamp};
 use crate::config::{self, Config};
-use crate::marketplace::{sign_explained, SignInput};
+use crate::egress::EgressPolicy;
+use crate::marketplace::tool::ToolContext;
+use crate::marketplace::{sign_explained, Marketplace, SignInput, MARKETPLACES};
 use crate::metrics::{Metrics, Outcome};
 use crate::proxy::Proxy;
 use crate::request::prepare_head;
@@ -27,6 +29,7 @@ use crate::secret::Secret;
 use crate::signing::https_authority;
 use crate::token::store::TokenStore;
 use crate::token::TokenSource;
+use crate::upstream::Upstream;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -193,9 +196,54 @@ enum CaAction {
     },
 }
 
+/// The command line: the built-in commands plus each marketplace's own
+/// (`signproxy ebay create-key`), which the marketplace's folder defines.
+pub fn command() -> clap::Command {
+    let mut cli = Cli::command();
+    for marketplace in MARKETPLACES {
+        let tools = marketplace.tools();
+        if tools.is_empty() {
+            continue;
+        }
+        let id = marketplace.id();
+        let mut group = clap::Command::new(id)
+            .about(format!("Commands for [{id}.NAME] profiles"))
+            .subcommand_required(true)
+            .arg_required_else_help(true);
+        for tool in tools {
+            group = group.subcommand(
+                tool.command()
+                    .arg(
+                        clap::Arg::new("config")
+                            .long("config")
+                            .value_parser(clap::value_parser!(PathBuf))
+                            .help("Config file (same default as `run`)"),
+                    )
+                    .arg(
+                        clap::Arg::new("profile")
+                            .long("profile")
+                            .required(true)
+                            .help(format!("The profile: NAME of [{id}.NAME]")),
+                    ),
+            );
+        }
+        cli = cli.subcommand(group);
+    }
+    cli
+}
+
 /// Parses the process arguments and runs the subcommand.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = command().get_matches();
+    if let Some((id, args)) = matches.subcommand() {
+        if let Some(marketplace) = crate::marketplace::by_id(id) {
+            return exit_code(marketplace_tool(marketplace, args));
+        }
+    }
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     let result = match cli.command {
         Command::Run { config, sandbox } => run(config, sandbox),
         Command::Sandbox {
@@ -237,6 +285,10 @@ pub fn main() -> ExitCode {
             Err(message) => Err(message),
         },
     };
+    exit_code(result)
+}
+
+fn exit_code(result: Result<(), String>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
@@ -244,6 +296,60 @@ pub fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// `signproxy <marketplace> <command> --profile NAME`: the marketplace's command, given the
+/// profile, the state folder and the upstream client.
+fn marketplace_tool(
+    marketplace: &'static dyn Marketplace,
+    matches: &clap::ArgMatches,
+) -> Result<(), String> {
+    let id = marketplace.id();
+    let (name, args) = matches
+        .subcommand()
+        .ok_or_else(|| format!("name a command: `signproxy {id} --help` lists them"))?;
+    let tool = marketplace
+        .tools()
+        .iter()
+        .find(|t| t.command().get_name() == name)
+        .ok_or_else(|| format!("`signproxy {id}` has no command `{name}`"))?;
+    let config = load(args.get_one::<PathBuf>("config").cloned())?;
+    let wanted = args
+        .get_one::<String>("profile")
+        .map(String::as_str)
+        .unwrap_or_default();
+    let profile = config
+        .profiles
+        .iter()
+        .find(|p| p.kind == id && (p.name == wanted || p.qualified_name() == wanted))
+        .ok_or_else(|| {
+            format!(
+                "no [{id}.{wanted}] profile in {}: add one (the command uses its credentials)",
+                config.source.display()
+            )
+        })?;
+    create_state_dir(&config)?;
+    let egress = EgressPolicy {
+        allow_networks: config.proxy.allow_networks.clone(),
+        own_addresses: std::iter::once(config.proxy.listen)
+            .chain(config.admin.listen)
+            .collect(),
+    };
+    let upstream = Upstream::new(&config.upstream, egress, 1).map_err(|e| e.to_string())?;
+    let hosts: Vec<String> = profile.hosts.iter().map(|h| h.to_string()).collect();
+    let qualified = profile.qualified_name();
+    let cx = ToolContext {
+        profile: &qualified,
+        name: &profile.name,
+        hosts: &hosts,
+        token: &profile.token,
+        state_dir: &config.proxy.state_dir,
+        now: SystemClock.now(),
+        upstream: &upstream,
+    };
+    let out = runtime()?.block_on(tool.run(args, cx))?;
+    print!("{out}");
+    Ok(())
 }
 
 /// `webhook send`: a test event through the listener whose route uses `profile`.
@@ -796,9 +902,15 @@ fn check(flag: Option<PathBuf>) -> Result<(), String> {
     }
     // What `run` would load from the state folder, inspected without creating anything.
     let ca_warnings = CertificateAuthority::inspect(&config.mitm).map_err(|e| e.to_string())?;
+    let expiring: Vec<String> = config
+        .profiles
+        .iter()
+        .filter_map(|p| p.expiry_warning(SystemClock.now()))
+        .collect();
     for warning in ca_warnings
         .iter()
         .chain(&TokenStore::permission_warning(&config.proxy.state_dir))
+        .chain(&expiring)
     {
         eprintln!("warning: {warning}");
     }

@@ -6,13 +6,14 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, UNIX_EPOCH};
 
 use ipnet::IpNet;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 use serde::Deserialize;
 
+use crate::clock::Timestamp;
 pub use crate::host::{is_ip_literal, HostPattern};
 use crate::marketplace::{
     self, ProfileContext, ProfileError, Sign, StandIn, TokenSource, MARKETPLACES,
@@ -273,7 +274,34 @@ impl Profile {
     pub fn serves(&self, host: &str) -> bool {
         self.hosts.iter().any(|p| p.matches(host))
     }
+
+    /// A warning when the profile's signing credential (an eBay key lasts three years) has
+    /// expired or expires within [`EXPIRY_WARNING_SECS`] of `now`.
+    pub fn expiry_warning(&self, now: Timestamp) -> Option<String> {
+        let expiry = self.signer.credential_expiry()?;
+        let now = now.secs();
+        if expiry.at > now.saturating_add(EXPIRY_WARNING_SECS) {
+            return None;
+        }
+        let date = httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(expiry.at));
+        let state = if expiry.at <= now {
+            format!("expired on {date}")
+        } else {
+            match (expiry.at - now).div_ceil(86_400) {
+                1 => format!("expires within a day, on {date}"),
+                days => format!("expires in {days} days, on {date}"),
+            }
+        };
+        Some(format!(
+            "[{}]: the {} {state}: {}",
+            self.label, expiry.what, expiry.renew
+        ))
+    }
 }
+
+/// How long before a signing credential's stated expiry start-up, reloads, `check` and
+/// `/readyz` warn about it.
+pub const EXPIRY_WARNING_SECS: u64 = 30 * 86_400;
 
 /// The default `[inbound.NAME] dedupe_capacity`: event ids remembered per listener.
 pub const DEFAULT_INBOUND_DEDUPE_CAPACITY: usize = 100_000;

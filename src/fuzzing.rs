@@ -389,6 +389,7 @@ pub fn ebay_signature_base(data: &[u8]) {
                 .unwrap_or_else(|| "eyJ6aXAiOiJERUYifQ.fuzz.jwe".to_owned()),
         ),
         enforce_signature: msg.setting("enforce").is_some(),
+        expiry: None,
     };
     let token = msg.setting("token").map(Secret::new);
     let now = msg.now();

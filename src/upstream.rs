@@ -14,7 +14,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Request, Response, Uri};
 use http_body_util::combinators::BoxBody;
-use http_body_util::BodyExt;
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
@@ -24,6 +24,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::UpstreamSettings;
 use crate::egress::{find_denied, EgressDenied, EgressError, EgressPolicy};
+use crate::marketplace::tool::{Exchange, ToolFuture};
 use crate::sandbox::{self, Sandbox};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -190,6 +191,44 @@ impl Upstream {
         }
     }
 
+    /// Sends a small request (a token grant, a key request: never logged, it carries
+    /// credentials) and reads its whole answer, up to `limit` bytes, both within the request
+    /// timeout: a stalled body would otherwise hold whatever waits on it. `what` names the far
+    /// end in errors.
+    pub async fn exchange(
+        &self,
+        request: Request<Bytes>,
+        limit: usize,
+        what: &str,
+    ) -> Result<(http::StatusCode, Bytes), String> {
+        let request = request.map(|body: Bytes| {
+            Full::new(body)
+                .map_err(|never| -> BoxError { match never {} })
+                .boxed()
+        });
+        let deadline = self.request_timeout;
+        let exchange = async {
+            let response = self
+                .send(request)
+                .await
+                .map_err(|e| format!("{what} could not be reached: {e}"))?;
+            let status = response.status();
+            let body = Limited::new(response.into_body(), limit)
+                .collect()
+                .await
+                .map_err(|e| format!("reading {what}'s answer failed: {e}"))?
+                .to_bytes();
+            Ok((status, body))
+        };
+        tokio::time::timeout(deadline, exchange)
+            .await
+            .unwrap_or_else(|_| {
+                Err(format!(
+                    "{what} did not answer in full within {deadline:?} ([upstream] request_timeout_ms)"
+                ))
+            })
+    }
+
     /// A raw TCP connection for a passthrough tunnel, to an address the egress guard allows.
     pub async fn dial_guarded(&self, host: &str, port: u16) -> Result<TcpStream, EgressError> {
         dial_guarded(
@@ -226,6 +265,24 @@ struct Holding {
     inner: Incoming,
     _permit: Option<OwnedSemaphorePermit>,
 }
+
+impl Exchange for Upstream {
+    fn exchange<'a>(
+        &'a self,
+        request: Request<Bytes>,
+        what: &'a str,
+    ) -> ToolFuture<'a, Result<(http::StatusCode, Bytes), String>> {
+        Box::pin(Upstream::exchange(
+            self,
+            request,
+            MAX_TOOL_ANSWER_BYTES,
+            what,
+        ))
+    }
+}
+
+/// What a marketplace command reads of an answer at most (an eBay signing key is about 3 KiB).
+const MAX_TOOL_ANSWER_BYTES: usize = 1 << 20;
 
 impl hyper::body::Body for Holding {
     type Data = Bytes;

@@ -670,3 +670,396 @@ fn sign_cli_reproduces_ebay_verification_service_vector() {
         "{explanation}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// `signproxy ebay create-key`, against a test Key Management API (and token endpoint) over TLS.
+
+const KEY_PATH: &str = "/developer/key_management/v1/signing_key";
+const CLIENT_ID: &str = "App-PRD-create-key";
+const CLIENT_SECRET: &str = "PRD-cert-secret-31337";
+const APP_TOKEN: &str = "v^1.1#i^1#app-token-for-keys=";
+const CREATED_JWE: &str = "eyJ6aXAiOiJERUYifQ.created-jwe.for-tests";
+/// eBay's expirationTime for the created key (three years after 2026-12-08).
+const CREATED_EXPIRES: u64 = 1_891_900_800;
+
+/// A test Key Management API: the token endpoint grants [`APP_TOKEN`]; `POST signing_key`
+/// answers a key of the cipher asked for (or `refusal`, when given).
+fn key_management(upstream: &TestUpstream, refusal: Option<Behaviour>) {
+    upstream.set_handler(move |r: &Received| {
+        if r.path() == "/identity/v1/oauth2/token" {
+            return Some(Behaviour::json(
+                200,
+                &format!(
+                    r#"{{"access_token":"{APP_TOKEN}","expires_in":7200,"token_type":"Application Access Token"}}"#
+                ),
+            ));
+        }
+        if r.path() != KEY_PATH {
+            return None;
+        }
+        if let Some(refusal) = &refusal {
+            return Some(refusal.clone());
+        }
+        let asked: serde_json::Value = serde_json::from_slice(&r.body).ok()?;
+        let key = match asked["signingKeyCipher"].as_str() {
+            Some("RSA") => EbayTestKey::rsa_2048(),
+            _ => EbayTestKey::rfc9421_ed25519(),
+        };
+        let answer = serde_json::json!({
+            "creationTime": CREATED_EXPIRES - 94_608_000,
+            "expirationTime": CREATED_EXPIRES,
+            "jwe": CREATED_JWE,
+            "privateKey": key.private_base64(),
+            "publicKey": "MCowBQYDK2VwAyEAJrQLj5P/89iXES9+vFgrIy29clF9CC/oPPsw3c5D0bs=",
+            "signingKeyCipher": asked["signingKeyCipher"],
+            "signingKeyId": "kid-created-1",
+        });
+        Some(Behaviour::json(201, &answer.to_string()))
+    });
+}
+
+struct KeyWorld {
+    ca: TestCa,
+    upstream: TestUpstream,
+    _dir: tempfile::TempDir,
+    state: std::path::PathBuf,
+    config_path: std::path::PathBuf,
+    ca_path: std::path::PathBuf,
+}
+
+impl KeyWorld {
+    /// A keyless `[ebay.default]` with an OAuth client, eBay hosts dialled at the test upstream.
+    fn start(refusal: Option<Behaviour>) -> KeyWorld {
+        let ca = TestCa::new();
+        let upstream =
+            TestUpstream::start(&ca, Verifier::ebay(EbayTestKey::rfc9421_ed25519().public));
+        key_management(&upstream, refusal);
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let ca_path = ca.write_ca_pem(dir.path());
+        let config_path = dir.path().join("signproxy.toml");
+        let world = KeyWorld {
+            ca,
+            upstream,
+            state,
+            config_path,
+            ca_path: ca_path.clone(),
+            _dir: dir,
+        };
+        world.write_config(
+            &format!("client_id = \"{CLIENT_ID}\"\nclient_secret = \"{CLIENT_SECRET}\"\n"),
+            &ca_path,
+        );
+        world
+    }
+
+    fn write_config(&self, profile_lines: &str, ca_path: &std::path::Path) {
+        let text = format!(
+            "[proxy]\nstate_dir = {:?}\n\n{}\n[ebay.default]\n{profile_lines}",
+            self.state.to_string_lossy(),
+            self.upstream.upstream_toml_section(ca_path),
+        );
+        std::fs::write(&self.config_path, text).unwrap();
+    }
+
+    fn ca_path(&self) -> std::path::PathBuf {
+        self.ca_path.clone()
+    }
+
+    /// `signproxy ARGS --config CONFIG`: (success, stdout, stderr). Async, so the test
+    /// upstream on this runtime keeps answering.
+    async fn signproxy(&self, args: &[&str]) -> (bool, String, String) {
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_signproxy"))
+            .args(args)
+            .arg("--config")
+            .arg(&self.config_path)
+            .env_remove("SIGNPROXY_CONFIG")
+            .env_remove("SIGNPROXY_STATE_DIR")
+            .output()
+            .await
+            .expect("run signproxy");
+        (
+            out.status.success(),
+            String::from_utf8(out.stdout).unwrap(),
+            String::from_utf8(out.stderr).unwrap(),
+        )
+    }
+
+    fn key_requests(&self) -> Vec<Received> {
+        self.upstream
+            .requests()
+            .into_iter()
+            .filter(|r| r.path() == KEY_PATH)
+            .collect()
+    }
+}
+
+/// The lines create-key tells the user to put in the profile.
+fn printed_profile_lines(stdout: &str) -> String {
+    stdout
+        .lines()
+        .filter(|l| {
+            l.starts_with("private_key = ")
+                || l.starts_with("jwe = ")
+                || l.starts_with("key_expires_at = ")
+        })
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+fn mode(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+#[tokio::test]
+async fn create_key_writes_private_files_prints_the_profile_lines_and_no_secret() {
+    let world = KeyWorld::start(None);
+    let (ok, stdout, stderr) = world
+        .signproxy(&["ebay", "create-key", "--profile", "default"])
+        .await;
+    assert!(ok, "create-key failed:\n{stdout}\n{stderr}");
+
+    // What reached eBay: a client-credentials grant for the app, then the key request with it.
+    let requests = world.upstream.requests();
+    assert_eq!(requests.len(), 2, "{requests:?}");
+    let grant = &requests[0];
+    assert_eq!(grant.path(), "/identity/v1/oauth2/token");
+    assert_eq!(grant.tls_sni.as_deref(), Some(API));
+    let basic =
+        base64::engine::general_purpose::STANDARD.encode(format!("{CLIENT_ID}:{CLIENT_SECRET}"));
+    assert_eq!(
+        grant.header_str("authorization"),
+        Some(format!("Basic {basic}").as_str())
+    );
+    let form: Vec<(String, String)> = form_urlencoded::parse(&grant.body).into_owned().collect();
+    assert!(
+        form.contains(&("grant_type".into(), "client_credentials".into())),
+        "{form:?}"
+    );
+    assert!(
+        form.contains(&(
+            "scope".into(),
+            "https://api.ebay.com/oauth/api_scope".into()
+        )),
+        "{form:?}"
+    );
+    let create = &requests[1];
+    assert_eq!((create.method.as_str(), create.path()), ("POST", KEY_PATH));
+    assert_eq!(create.tls_sni.as_deref(), Some(APIZ));
+    assert_eq!(
+        create.header_str("authorization"),
+        Some(format!("Bearer {APP_TOKEN}").as_str())
+    );
+    assert_eq!(create.body, br#"{"signingKeyCipher":"ED25519"}"#);
+
+    // The files: private (0600), the key as PEM of exactly the DER eBay returned, the JWE as is.
+    let key_path = world.state.join("ebay.default.signing-key.pem");
+    let jwe_path = world.state.join("ebay.default.signing-key.jwe");
+    assert_eq!(mode(&key_path), 0o600);
+    assert_eq!(mode(&jwe_path), 0o600);
+    let key = EbayTestKey::rfc9421_ed25519();
+    let pem = std::fs::read_to_string(&key_path).unwrap();
+    assert_eq!(
+        common::keys::pem_decode(&pem).unwrap(),
+        key.private_pkcs8_der
+    );
+    assert_eq!(std::fs::read_to_string(&jwe_path).unwrap(), CREATED_JWE);
+
+    // The output names the files and the expiry, and holds no secret.
+    let lines = printed_profile_lines(&stdout);
+    assert_eq!(
+        lines,
+        format!(
+            "private_key = {{ file = {:?} }}\njwe = {{ file = {:?} }}\nkey_expires_at = {CREATED_EXPIRES}\n",
+            key_path.to_string_lossy(),
+            jwe_path.to_string_lossy()
+        ),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("kid-created-1") && stdout.contains("ED25519"),
+        "{stdout}"
+    );
+    let body_line = pem.lines().nth(1).unwrap();
+    for secret in [
+        key.private_base64().as_str(),
+        body_line,
+        CLIENT_SECRET,
+        APP_TOKEN,
+        CREATED_JWE,
+    ] {
+        assert!(
+            !stdout.contains(secret) && !stderr.contains(secret),
+            "{secret:?} printed:\n{stdout}\n{stderr}"
+        );
+    }
+
+    // The printed lines work: the profile loads, `check` passes without an expiry warning, and
+    // the proxy signs with the new key (verified by the upstream's own verifier).
+    world.write_config(
+        &format!("client_id = \"{CLIENT_ID}\"\nclient_secret = \"{CLIENT_SECRET}\"\n{lines}"),
+        &world.ca_path(),
+    );
+    let (ok, check_out, check_err) = world.signproxy(&["check"]).await;
+    assert!(ok, "{check_out}\n{check_err}");
+    assert!(!check_err.contains("expires"), "{check_err}");
+    world.upstream.clear_requests();
+    let config = std::fs::read_to_string(&world.config_path).unwrap();
+    let proxy = ProxyHarness::start(&config, &world.ca, Some(&world.upstream)).await;
+    let client = reqwest_via_proxy(proxy.addr, &world.ca.ca_pem());
+    let resp = client
+        .get(format!(
+            "http://{APIZ}/sell/finances/v1/seller_funds_summary"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let signed = world
+        .upstream
+        .requests()
+        .into_iter()
+        .find(|r| r.path() == "/sell/finances/v1/seller_funds_summary")
+        .expect("the signed request arrived");
+    verify_ebay(&signed, &key.public).unwrap();
+    assert_eq!(signed.header_str("x-ebay-signature-key"), Some(CREATED_JWE));
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn create_key_keeps_existing_files_unless_forced_and_rsa_replaces_them() {
+    let world = KeyWorld::start(None);
+    let (ok, _, stderr) = world
+        .signproxy(&["ebay", "create-key", "--profile", "ebay.default"])
+        .await;
+    assert!(ok, "{stderr}");
+    let key_path = world.state.join("ebay.default.signing-key.pem");
+    let first = std::fs::read(&key_path).unwrap();
+
+    // Again without --force: refused before eBay is asked (a key made and not kept is lost).
+    let (ok, stdout, stderr) = world
+        .signproxy(&["ebay", "create-key", "--profile", "default"])
+        .await;
+    assert!(!ok, "{stdout}");
+    assert!(
+        stderr.contains("--force") && stderr.contains("exists"),
+        "{stderr}"
+    );
+    assert_eq!(world.key_requests().len(), 1, "no second key was asked for");
+    assert_eq!(std::fs::read(&key_path).unwrap(), first);
+
+    // With --force and --cipher rsa: a new RSA key replaces both files, still 0600.
+    let (ok, stdout, stderr) = world
+        .signproxy(&[
+            "ebay",
+            "create-key",
+            "--profile",
+            "default",
+            "--cipher",
+            "rsa",
+            "--force",
+        ])
+        .await;
+    assert!(ok, "{stdout}\n{stderr}");
+    assert!(stdout.contains("(RSA)"), "{stdout}");
+    assert_eq!(
+        world.key_requests().last().unwrap().body,
+        br#"{"signingKeyCipher":"RSA"}"#
+    );
+    let pem = std::fs::read_to_string(&key_path).unwrap();
+    assert_eq!(
+        common::keys::pem_decode(&pem).unwrap(),
+        EbayTestKey::rsa_2048().private_pkcs8_der
+    );
+    assert_eq!(mode(&key_path), 0o600);
+    let leftovers: Vec<_> = std::fs::read_dir(&world.state)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[tokio::test]
+async fn create_key_reports_ebays_refusal_and_writes_nothing() {
+    let refusal = Behaviour::json(
+        403,
+        r#"{"errors":[{"errorId":1100,"domain":"ACCESS","category":"REQUEST","message":"Access denied","longMessage":"Insufficient permissions to fulfill the request."}]}"#,
+    );
+    let world = KeyWorld::start(Some(refusal));
+    let (ok, stdout, stderr) = world
+        .signproxy(&["ebay", "create-key", "--profile", "default"])
+        .await;
+    assert!(!ok, "{stdout}");
+    assert!(
+        stderr.contains("HTTP 403") && stderr.contains("1100 Access denied"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains(APP_TOKEN) && !stderr.contains(CLIENT_SECRET),
+        "{stderr}"
+    );
+    assert!(!world.state.join("ebay.default.signing-key.pem").exists());
+    assert!(!world.state.join("ebay.default.signing-key.jwe").exists());
+
+    // A profile that does not exist, or has no OAuth client, is named before anything is sent.
+    world.upstream.clear_requests();
+    let (ok, _, stderr) = world
+        .signproxy(&["ebay", "create-key", "--profile", "other"])
+        .await;
+    assert!(
+        !ok && stderr.contains("no [ebay.other] profile"),
+        "{stderr}"
+    );
+    world.write_config("", &world.ca_path());
+    let (ok, _, stderr) = world
+        .signproxy(&["ebay", "create-key", "--profile", "default"])
+        .await;
+    assert!(
+        !ok && stderr.contains("client_id and client_secret"),
+        "{stderr}"
+    );
+    assert!(world.upstream.requests().is_empty());
+}
+
+#[tokio::test]
+async fn a_profile_without_a_key_refuses_requests_with_the_way_out_and_sends_nothing() {
+    let ca = TestCa::new();
+    let upstream = TestUpstream::start(&ca, Verifier::ebay(EbayTestKey::rfc9421_ed25519().public));
+    let config = test_config(
+        "",
+        "",
+        &format!("[ebay.default]\naccess_token = \"{TOKEN}\"\n"),
+    );
+    let proxy = ProxyHarness::start(&config, &ca, Some(&upstream)).await;
+    let client = reqwest_via_proxy(proxy.addr, &ca.ca_pem());
+    let resp = client
+        .get(format!("http://{API}/sell/finances/v1/payout"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 500);
+    let body = response_json(resp).await;
+    assert_eq!(body["error"]["code"], "signing_failed", "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("signproxy ebay create-key --profile default"),
+        "{message}"
+    );
+    assert!(!message.contains(TOKEN));
+    assert_eq!(upstream.connections_accepted(), 0, "nothing reached eBay");
+    proxy.stop().await;
+
+    // Half a key is a config error that names the missing half.
+    for (lines, missing) in [
+        ("jwe = \"x\"\n", "private_key"),
+        ("private_key = \"x\"\n", "jwe"),
+    ] {
+        let text = format!("[proxy]\nstate_dir = \"/tmp/unused\"\n[ebay.default]\n{lines}");
+        let err = signproxy::config::Config::from_toml_str(&text, std::path::Path::new("/tmp"))
+            .expect_err("half a key must not load")
+            .to_string();
+        assert!(err.contains(&format!("ebay.default.{missing}")), "{err}");
+    }
+}

@@ -2359,3 +2359,80 @@ async fn several_workers_share_the_port_and_the_connection_limit() {
     let exit = bin.wait_exit(Duration::from_secs(10)).await;
     assert_eq!(exit.code(), Some(0), "{}", bin.all_output());
 }
+
+/// eBay signing keys last three years: a key within 30 days of its `key_expires_at` is named at
+/// start-up and in `/readyz` (without making the proxy unready: it still signs); a later one is
+/// only listed.
+#[tokio::test]
+async fn a_signing_key_near_its_expiry_is_warned_about_at_start_up_and_in_readyz() {
+    let ca = TestCa::new();
+    let upstream = TestUpstream::start(&ca, Verifier::ebay(EbayTestKey::rfc9421_ed25519().public));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let key = common::keys::RFC9421_ED25519_PRIVATE_PEM;
+    let profiles = format!(
+        "[ebay.soon]\nprivate_key = \"\"\"\n{key}\"\"\"\njwe = \"j1\"\naccess_token = \"t\"\nkey_expires_at = {}\n\n\
+         [ebay.later]\nprivate_key = \"\"\"\n{key}\"\"\"\njwe = \"j2\"\naccess_token = \"t\"\nkey_expires_at = {}\nhosts = [\"api.sandbox.ebay.com\"]\n",
+        now + 10 * 86_400 - 60,
+        now + 100 * 86_400,
+    );
+    let mut bin = Binary::start(
+        &template("", "", &profiles),
+        &ca,
+        &connect_to(&upstream, &[]),
+    )
+    .await;
+    let line = bin
+        .wait_for_text(|l| l.contains("signing key expires"), "the expiry warning")
+        .await;
+    assert!(
+        line.contains("ebay.soon") && line.contains("in 10 days"),
+        "{line}"
+    );
+    assert!(
+        line.contains("signproxy ebay create-key --profile soon --force"),
+        "{line}"
+    );
+    assert!(
+        !bin.all_output().contains("ebay.later]: the signing key"),
+        "only the near one is warned about"
+    );
+
+    let (status, _, body) = bin.admin_get("/readyz").await;
+    assert_eq!(status, 200, "{body}");
+    let ready: Value = serde_json::from_str(&body).unwrap();
+    let keys = &ready["checks"]["signing_credentials"];
+    assert_eq!(
+        keys["ebay.soon"]["expires_at"],
+        now + 10 * 86_400 - 60,
+        "{ready}"
+    );
+    assert!(
+        keys["ebay.soon"]["warning"]
+            .as_str()
+            .unwrap()
+            .contains("in 10 days"),
+        "{ready}"
+    );
+    assert_eq!(
+        keys["ebay.later"]["expires_at"],
+        now + 100 * 86_400,
+        "{ready}"
+    );
+    assert!(keys["ebay.later"].get("warning").is_none(), "{ready}");
+
+    // `check` says the same.
+    let out = std::process::Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&bin.config_path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("warning: [ebay.soon]: the signing key expires in 10 days"),
+        "{stderr}"
+    );
+}

@@ -56,6 +56,7 @@ fn ebay_creds(pem: &str) -> EbayCredentials {
         key: Arc::new(load_private_key(pem).unwrap()),
         jwe: Secret::new("eyJ6aXAiOiJERUYifQ.properties.jwe"),
         enforce_signature: false,
+        expiry: None,
     }
 }
 

@@ -16,6 +16,7 @@ pub mod lazada;
 pub mod shopee;
 pub mod stand_in;
 pub mod tiktok;
+pub mod tool;
 pub mod webhook;
 
 use std::fmt;
@@ -56,6 +57,10 @@ pub trait Marketplace: Sync {
         table: toml::Table,
         cx: &ProfileContext<'_>,
     ) -> Result<ProfileParts, ProfileError>;
+    /// The commands it adds to the CLI, as `signproxy <id> <command>` (eBay's `create-key`).
+    fn tools(&self) -> &'static [&'static dyn tool::Tool] {
+        &[]
+    }
 }
 
 /// What a marketplace makes of a profile table.
@@ -252,6 +257,11 @@ pub trait Sign: Send + Sync + fmt::Debug {
     /// The string-to-sign or signature base with every secret masked. Only computed when asked
     /// (`sign --explain`, diagnostics): never on the proxy's hot path.
     fn explain(&self, input: SignInput<'_>) -> Result<String, SignError>;
+    /// When the signing credential stops working (eBay's signing keys last three years), for
+    /// the start-up and `/readyz` warnings. Default: it does not expire.
+    fn credential_expiry(&self) -> Option<CredentialExpiry> {
+        None
+    }
     /// The marketplace's code when an API answer says the signature (or its timestamp) was
     /// rejected: TikTok's 106001, eBay's 2151xx. Only small error answers are shown to it.
     fn rejection(&self, _status: StatusCode, _body: &[u8]) -> Option<String> {
@@ -263,6 +273,17 @@ pub trait Sign: Send + Sync + fmt::Debug {
     fn diagnose(&self, _head: &RequestHead, _body: &[u8], _now: Timestamp) -> Option<Diagnosis> {
         None
     }
+}
+
+/// A signing credential's end of life, as the marketplace stated it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CredentialExpiry {
+    /// Unix seconds.
+    pub at: u64,
+    /// What expires: "signing key".
+    pub what: &'static str,
+    /// How to get a new one: "create one with `signproxy ebay create-key ...`".
+    pub renew: String,
 }
 
 /// What the doctor found about a request someone else's code signed.
@@ -393,6 +414,15 @@ pub trait TokenEndpoint: Send + Sync + fmt::Debug {
     /// a token already expired): the old one may be spent by now, so this one must be kept.
     /// Default: refresh tokens do not rotate.
     fn salvage_refresh_token(&self, _body: &[u8]) -> Option<Secret> {
+        None
+    }
+    /// The request for a token of the application itself (OAuth client credentials, no
+    /// seller's authorization), for marketplace commands that call the marketplace as the app
+    /// (eBay's Key Management API). Default: the marketplace has no such grant.
+    fn application_grant_request(
+        &self,
+        _now: Timestamp,
+    ) -> Option<Result<Request<Bytes>, GrantError>> {
         None
     }
     /// The request that mints a restricted token for `resource` on the API host `authority`,

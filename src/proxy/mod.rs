@@ -132,11 +132,17 @@ impl State {
         let ca = CertificateAuthority::load_or_create(&config.mitm)?;
         // Logged on every build, so a reload repeats what is still unfixed.
         let token_file = TokenStore::permission_warning(&config.proxy.state_dir);
+        let expiring = config
+            .profiles
+            .iter()
+            .filter_map(|p| p.expiry_warning(clock.now()));
         for warning in config
             .warnings
             .iter()
-            .chain(ca.warnings())
-            .chain(&token_file)
+            .cloned()
+            .chain(ca.warnings().iter().cloned())
+            .chain(token_file)
+            .chain(expiring)
         {
             tracing::warn!("{warning}");
         }

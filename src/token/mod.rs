@@ -13,7 +13,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
 
 use crate::clock::Timestamp;
 use crate::config::{Config, Profile, StoreSettings};
@@ -21,7 +20,7 @@ pub use crate::marketplace::TokenSource;
 use crate::marketplace::{RestrictedResource, TokenEndpoint};
 use crate::metrics::{Metrics, Outcome};
 use crate::secret::Secret;
-use crate::upstream::{BoxError, Upstream};
+use crate::upstream::Upstream;
 use backend::{FileBackend, Store, Versioned};
 use redis_store::RedisStore;
 use store::{StoreError, StoredProfile, TokenStore};
@@ -612,35 +611,7 @@ impl TokenManager {
         request: http::Request<Bytes>,
         what: &str,
     ) -> Result<(http::StatusCode, Bytes), String> {
-        let request = request.map(|body: Bytes| {
-            Full::new(body)
-                .map_err(|never| -> BoxError { match never {} })
-                .boxed()
-        });
-        // The whole exchange, answer body included, within the request timeout: a stalled body
-        // would otherwise hold the refresh (or mint) lock that other requests wait on.
-        let deadline = self.upstream.request_timeout();
-        let exchange = async {
-            let response = self
-                .upstream
-                .send(request)
-                .await
-                .map_err(|e| format!("{what} could not be reached: {e}"))?;
-            let status = response.status();
-            let body = Limited::new(response.into_body(), MAX_GRANT_BYTES)
-                .collect()
-                .await
-                .map_err(|e| format!("reading {what}'s answer failed: {e}"))?
-                .to_bytes();
-            Ok((status, body))
-        };
-        tokio::time::timeout(deadline, exchange)
-            .await
-            .unwrap_or_else(|_| {
-                Err(format!(
-                    "{what} did not answer in full within {deadline:?} ([upstream] request_timeout_ms)"
-                ))
-            })
+        self.upstream.exchange(request, MAX_GRANT_BYTES, what).await
     }
 
     /// Fetches a token for every managed profile of `config` that holds none valid at `now`

@@ -288,6 +288,7 @@ MC4CAQAwBQYDK2VwBCIEIJ+DYvh6SEqVTm50DFtMDoQikTmiCqirVv9mWG9qfSnF
             key: Arc::new(load_private_key(pem).unwrap()),
             jwe: Secret::new(JWE),
             enforce_signature: false,
+            expiry: None,
         }
     }
 

@@ -2,6 +2,7 @@
 //! ([`sign`]), key loading ([`keys`]), OAuth ([`oauth`]), the signature doctor ([`doctor`]) and the
 //! offline stand-in ([`sandbox`]).
 
+pub mod create_key;
 pub mod doctor;
 pub mod keys;
 pub mod oauth;
@@ -13,12 +14,15 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
-use super::{Marketplace, ProfileContext, ProfileError, ProfileParts, TokenSource};
+use super::tool::Tool;
+use super::{
+    CredentialExpiry, Marketplace, ProfileContext, ProfileError, ProfileParts, Sign, TokenSource,
+};
 use crate::secret::SecretRef;
 use keys::load_private_key;
 use oauth::{EbayOAuth, EBAY_PRODUCTION_TOKEN_URL, EBAY_SANDBOX_TOKEN_URL};
 use sandbox::{EbayStandIn, OAuthClient};
-use sign::EbayCredentials;
+use sign::{EbayCredentials, Keyless};
 
 /// How far `created` may lie from eBay's clock (its window is undocumented; "a few seconds" of
 /// true time is safe): at most this old...
@@ -34,8 +38,10 @@ pub struct Ebay;
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawEbay {
-    private_key: SecretRef,
-    jwe: SecretRef,
+    private_key: Option<SecretRef>,
+    jwe: Option<SecretRef>,
+    /// eBay's `expirationTime` for the key (Unix seconds), as `create-key` prints it.
+    key_expires_at: Option<u64>,
     access_token: Option<SecretRef>,
     client_id: Option<String>,
     client_secret: Option<SecretRef>,
@@ -61,19 +67,42 @@ impl Marketplace for Ebay {
         ]
     }
 
+    fn tools(&self) -> &'static [&'static dyn Tool] {
+        &create_key::TOOLS
+    }
+
     fn profile(
         &self,
         table: toml::Table,
         cx: &ProfileContext<'_>,
     ) -> Result<ProfileParts, ProfileError> {
         let raw: RawEbay = cx.parse(table)?;
-        let key_text = cx.secret("private_key", &raw.private_key)?;
-        let key = load_private_key(key_text.expose())
-            .map_err(|e| ProfileError::new("private_key", e.to_string()))?;
-        let creds = EbayCredentials {
-            key: Arc::new(key),
-            jwe: cx.secret("jwe", &raw.jwe)?,
-            enforce_signature: raw.enforce_signature,
+        let signing = match (&raw.private_key, &raw.jwe) {
+            (Some(private_key), Some(jwe)) => {
+                let key_text = cx.secret("private_key", private_key)?;
+                let key = load_private_key(key_text.expose())
+                    .map_err(|e| ProfileError::new("private_key", e.to_string()))?;
+                Some((Arc::new(key), cx.secret("jwe", jwe)?))
+            }
+            (None, None) => {
+                if raw.key_expires_at.is_some() {
+                    return Err(ProfileError::new(
+                        "key_expires_at",
+                        "belongs with private_key and jwe",
+                    ));
+                }
+                None
+            }
+            (Some(_), None) => return Err(ProfileError::new(
+                "jwe",
+                "is missing: private_key needs the jwe eBay's Key Management API returned with it",
+            )),
+            (None, Some(_)) => {
+                return Err(ProfileError::new(
+                    "private_key",
+                    "is missing: jwe needs the private key it was created with",
+                ))
+            }
         };
         let hosts = raw
             .hosts
@@ -158,16 +187,37 @@ impl Marketplace for Ebay {
             .find(|h| !h.starts_with("apiz.") && !h.contains('*'))
             .cloned()
             .unwrap_or_else(|| "api.ebay.com".to_owned());
+        let signer: Arc<dyn Sign> = match &signing {
+            Some((key, jwe)) => Arc::new(EbayCredentials {
+                key: Arc::clone(key),
+                jwe: jwe.clone(),
+                enforce_signature: raw.enforce_signature,
+                expiry: raw.key_expires_at.map(|at| CredentialExpiry {
+                    at,
+                    what: "signing key",
+                    renew: format!(
+                        "create a new one with `signproxy ebay create-key --profile {} --force` \
+                         and put the lines it prints in the profile",
+                        cx.name
+                    ),
+                }),
+            }),
+            None => {
+                cx.warn(format!(
+                    "[ebay.{name}] has no signing key yet: its requests are refused until \
+                     `signproxy ebay create-key --profile {name}` makes one",
+                    name = cx.name
+                ));
+                Arc::new(Keyless {
+                    name: cx.name.to_owned(),
+                })
+            }
+        };
         Ok(ProfileParts {
             webhook: Some(Arc::new(webhook::EbayWebhook { key_host })),
             hosts,
-            stand_in: Arc::new(EbayStandIn::new(
-                Arc::clone(&creds.key),
-                creds.jwe.clone(),
-                client,
-                &token_url,
-            )),
-            signer: Arc::new(creds),
+            stand_in: Arc::new(EbayStandIn::new(signing, client, &token_url)),
+            signer,
             token,
         })
     }

@@ -70,6 +70,21 @@ impl TokenEndpoint for EbayOAuth {
         )
     }
 
+    /// Client credentials with eBay's base scope, whatever the profile's own grant: the Key
+    /// Management API takes an application token only.
+    fn application_grant_request(
+        &self,
+        _now: Timestamp,
+    ) -> Option<Result<Request<Bytes>, GrantError>> {
+        Some(ebay_token_request(
+            &self.token_url,
+            &self.client_id,
+            &self.client_secret,
+            None,
+            &[],
+        ))
+    }
+
     fn parse_grant(
         &self,
         status: StatusCode,

@@ -31,12 +31,11 @@ const WITH_BODY: [&str; 5] = [
     "@authority",
 ];
 
-/// The stand-in for one eBay profile: the key it verifies with, the JWE that names it, and the
-/// app's OAuth client when the profile has one.
+/// The stand-in for one eBay profile: the key it verifies with and the JWE that names it (none
+/// before `create-key`), and the app's OAuth client when the profile has one.
 #[derive(Debug)]
 pub struct EbayStandIn {
-    pub key: Arc<PrivateKey>,
-    pub jwe: Secret,
+    pub signing: Option<(Arc<PrivateKey>, Secret)>,
     pub client: Option<OAuthClient>,
     /// Where the token endpoint lives: host and path of the profile's `token_url`.
     pub token_host: String,
@@ -53,15 +52,13 @@ pub struct OAuthClient {
 impl EbayStandIn {
     /// `token_url` is the profile's (or eBay's default for its hosts).
     pub fn new(
-        key: Arc<PrivateKey>,
-        jwe: Secret,
+        signing: Option<(Arc<PrivateKey>, Secret)>,
         client: Option<OAuthClient>,
         token_url: &str,
     ) -> Self {
         let uri = token_url.parse::<http::Uri>().ok();
         EbayStandIn {
-            key,
-            jwe,
+            signing,
             client,
             token_host: uri
                 .as_ref()
@@ -75,13 +72,17 @@ impl EbayStandIn {
         }
     }
 
+    fn jwe(&self) -> Option<&str> {
+        self.signing.as_ref().map(|(_, jwe)| jwe.expose())
+    }
+
     /// The name tokens are minted under: the client id, or the key for a profile without one.
     fn app(&self) -> String {
         match &self.client {
             Some(c) => c.client_id.clone(),
             None => format!(
                 "jwe:{}",
-                hex::encode(&Sha256::digest(self.jwe.expose())[..8])
+                hex::encode(&Sha256::digest(self.jwe().unwrap_or_default())[..8])
             ),
         }
     }
@@ -93,9 +94,12 @@ impl StandIn for EbayStandIn {
             return basic_credentials(req)
                 .is_some_and(|(id, _)| self.client.as_ref().is_some_and(|c| c.client_id == id));
         }
-        req.header("x-ebay-signature-key").is_some_and(|k| {
-            bool::from(constant_time_eq(k.as_bytes(), self.jwe.expose().as_bytes()))
-        })
+        match (req.header("x-ebay-signature-key"), self.jwe()) {
+            (Some(given), Some(jwe)) => {
+                bool::from(constant_time_eq(given.as_bytes(), jwe.as_bytes()))
+            }
+            _ => false,
+        }
     }
 
     fn is_token_request(&self, req: &SandboxRequest) -> bool {
@@ -230,9 +234,15 @@ impl EbayStandIn {
                 "Add the x-ebay-signature-key header: the profile's jwe",
             ));
         };
+        let Some((key, own_jwe)) = &self.signing else {
+            return Err(signature_error(
+                215_116,
+                "The x-ebay-signature-key is not the jwe of any eBay profile this sandbox knows",
+            ));
+        };
         if !bool::from(constant_time_eq(
             jwe.as_bytes(),
-            self.jwe.expose().as_bytes(),
+            own_jwe.expose().as_bytes(),
         )) {
             return Err(signature_error(
                 215_116,
@@ -309,7 +319,7 @@ impl EbayStandIn {
             ));
         };
         let base = signature_base(req, &parsed, &jwe, digest_header.as_deref());
-        match self.key.verify(base.as_bytes(), &sig) {
+        match key.verify(base.as_bytes(), &sig) {
             Verified::Yes => Ok(()),
             Verified::Pss => Err(signature_error(
                 215_122,
@@ -573,8 +583,10 @@ MC4CAQAwBQYDK2VwBCIEIJ+DYvh6SEqVTm50DFtMDoQikTmiCqirVv9mWG9qfSnF
 
     fn stand_in() -> EbayStandIn {
         EbayStandIn::new(
-            Arc::new(load_private_key(ED25519_PEM).unwrap()),
-            Secret::new(VECTOR_JWE),
+            Some((
+                Arc::new(load_private_key(ED25519_PEM).unwrap()),
+                Secret::new(VECTOR_JWE),
+            )),
             Some(OAuthClient {
                 client_id: "App-PRD-1".into(),
                 client_secret: Secret::new("cert-secret"),
@@ -708,6 +720,7 @@ MC4CAQAwBQYDK2VwBCIEIJ+DYvh6SEqVTm50DFtMDoQikTmiCqirVv9mWG9qfSnF
             key: Arc::clone(&rsa),
             jwe: Secret::new("rsa-jwe"),
             enforce_signature: false,
+            expiry: None,
         };
         let head = RequestHead {
             method: Method::GET,
@@ -734,7 +747,11 @@ MC4CAQAwBQYDK2VwBCIEIJ+DYvh6SEqVTm50DFtMDoQikTmiCqirVv9mWG9qfSnF
             body: Bytes::new(),
         };
         let stand_in = |key: Arc<PrivateKey>| {
-            EbayStandIn::new(key, Secret::new("rsa-jwe"), None, DEFAULT_TOKEN_PATH)
+            EbayStandIn::new(
+                Some((key, Secret::new("rsa-jwe"))),
+                None,
+                DEFAULT_TOKEN_PATH,
+            )
         };
         let book = TokenBook::new();
         let cx = SandboxContext {

@@ -9,7 +9,7 @@ use http::HeaderMap;
 use sha2::{Digest as _, Sha256};
 
 use super::keys::PrivateKey;
-use crate::marketplace::{Sign, SignInput, TokenNeed};
+use crate::marketplace::{CredentialExpiry, Sign, SignInput, TokenNeed};
 use crate::secret::Secret;
 use crate::signing::{RequestHead, SignError};
 
@@ -39,6 +39,57 @@ pub struct EbayCredentials {
     /// Adds `x-ebay-enforce-signature: true`, which makes eBay verify even calls that do not need
     /// a signature: useful to test a key, no longer required in production.
     pub enforce_signature: bool,
+    /// `key_expires_at`: eBay's `expirationTime` for the key, when the config states it.
+    pub expiry: Option<CredentialExpiry>,
+}
+
+/// A profile without a signing key yet, for `signproxy ebay create-key` to make one: eBay's
+/// token endpoint works, every other request is refused with the way out.
+#[derive(Debug)]
+pub struct Keyless {
+    /// `default` in `[ebay.default]`.
+    pub name: String,
+}
+
+impl Sign for Keyless {
+    fn scheme(&self) -> String {
+        "eBay RFC 9421 (no signing key yet: `signproxy ebay create-key` makes one)".to_owned()
+    }
+
+    fn token_need(&self, head: &RequestHead) -> TokenNeed {
+        token_need(head)
+    }
+
+    fn sign(&self, input: SignInput<'_>) -> Result<RequestHead, SignError> {
+        if is_token_endpoint(input.head.path()) {
+            return Ok(input.head.clone());
+        }
+        Err(SignError::Failed(format!(
+            "[ebay.{name}] has no signing key yet (private_key and jwe): run `signproxy ebay \
+             create-key --profile {name}` and add the lines it prints to [ebay.{name}]",
+            name = self.name
+        )))
+    }
+
+    fn explain(&self, input: SignInput<'_>) -> Result<String, SignError> {
+        self.sign(input).map(|_| {
+            format!(
+                "{} {TOKEN_ENDPOINT_PATH} is eBay's OAuth token endpoint: it is not signed",
+                input.head.method
+            )
+        })
+    }
+}
+
+/// Not for the token endpoint, and not when the client brought its own credential.
+fn token_need(head: &RequestHead) -> TokenNeed {
+    let own_credential =
+        head.headers.contains_key(AUTHORIZATION) || head.headers.contains_key(IAF_TOKEN);
+    if is_token_endpoint(head.path()) || own_credential {
+        TokenNeed::None
+    } else {
+        TokenNeed::AccessToken
+    }
 }
 
 /// RFC 9530 `Content-Digest` of the body bytes exactly as they go upstream.
@@ -83,15 +134,12 @@ impl Sign for EbayCredentials {
         format!("eBay RFC 9421 ({})", self.key.algorithm())
     }
 
-    /// Not for the token endpoint, and not when the client brought its own credential.
     fn token_need(&self, head: &RequestHead) -> TokenNeed {
-        let own_credential =
-            head.headers.contains_key(AUTHORIZATION) || head.headers.contains_key(IAF_TOKEN);
-        if is_token_endpoint(head.path()) || own_credential {
-            TokenNeed::None
-        } else {
-            TokenNeed::AccessToken
-        }
+        token_need(head)
+    }
+
+    fn credential_expiry(&self) -> Option<CredentialExpiry> {
+        self.expiry.clone()
     }
 
     fn sign(&self, input: SignInput<'_>) -> Result<RequestHead, SignError> {
@@ -368,6 +416,7 @@ MC4CAQAwBQYDK2VwBCIEIJ+DYvh6SEqVTm50DFtMDoQikTmiCqirVv9mWG9qfSnF
             key: Arc::new(load_private_key(ED25519_PEM).unwrap()),
             jwe: Secret::new(JWE),
             enforce_signature: false,
+            expiry: None,
         }
     }
 
@@ -890,6 +939,7 @@ MC4CAQAwBQYDK2VwBCIEIJ+DYvh6SEqVTm50DFtMDoQikTmiCqirVv9mWG9qfSnF
         assert_eq!(header(&off.head, "x-ebay-enforce-signature"), None);
         let on_creds = EbayCredentials {
             enforce_signature: true,
+            expiry: None,
             ..creds()
         };
         let on = sign(req(), b"", &on_creds, None, NOW).unwrap();

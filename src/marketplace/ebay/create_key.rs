@@ -1,0 +1,398 @@
+//! `signproxy ebay create-key`: a signing key from eBay's Key Management API, written into the
+//! state folder (private key 0600, never printed), and the profile lines that use it.
+
+use std::fs::{self, OpenOptions};
+use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, UNIX_EPOCH};
+
+use bytes::Bytes;
+use clap::{Arg, ArgAction, ArgMatches};
+use http::{header, HeaderValue, Method, Request};
+use serde::Deserialize;
+use zeroize::Zeroizing;
+
+use super::keys::load_private_key;
+use crate::marketplace::tool::{Tool, ToolContext, ToolFuture};
+use crate::marketplace::TokenSource;
+use crate::secret::Secret;
+
+/// The registry's `create-key`.
+pub static CREATE_KEY: CreateKey = CreateKey;
+/// eBay's commands, for [`super::Ebay`]'s `tools`.
+pub static TOOLS: [&dyn Tool; 1] = [&CREATE_KEY];
+
+pub struct CreateKey;
+
+const KEY_PATH: &str = "/developer/key_management/v1/signing_key";
+
+impl Tool for CreateKey {
+    fn command(&self) -> clap::Command {
+        clap::Command::new("create-key")
+            .about(
+                "Create a signing key with eBay's Key Management API (application token from the \
+                 profile's client_id and client_secret), write the private key and its JWE into \
+                 the state folder, and print the profile lines that use them",
+            )
+            .arg(
+                Arg::new("cipher")
+                    .long("cipher")
+                    .value_parser(["ed25519", "rsa"])
+                    .default_value("ed25519")
+                    .help("The key type: ed25519 (eBay's advice: shorter headers) or rsa"),
+            )
+            .arg(
+                Arg::new("force")
+                    .long("force")
+                    .action(ArgAction::SetTrue)
+                    .help("Replace key files already in the state folder"),
+            )
+    }
+
+    fn run<'a>(
+        &'a self,
+        args: &'a ArgMatches,
+        cx: ToolContext<'a>,
+    ) -> ToolFuture<'a, Result<String, String>> {
+        let cipher = match args.get_one::<String>("cipher").map(String::as_str) {
+            Some("rsa") => Cipher::Rsa,
+            _ => Cipher::Ed25519,
+        };
+        let force = args.get_flag("force");
+        Box::pin(create_key(cx, cipher, force))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cipher {
+    Ed25519,
+    Rsa,
+}
+
+impl Cipher {
+    /// As the Key Management API names it.
+    fn wire(self) -> &'static str {
+        match self {
+            Cipher::Ed25519 => "ED25519",
+            Cipher::Rsa => "RSA",
+        }
+    }
+}
+
+/// The answer's fields signproxy uses (`publicKey` and `creationTime` are not needed).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SigningKey {
+    signing_key_id: String,
+    private_key: Option<String>,
+    jwe: String,
+    expiration_time: Option<u64>,
+}
+
+async fn create_key(cx: ToolContext<'_>, cipher: Cipher, force: bool) -> Result<String, String> {
+    let key_path = cx.state_dir.join(format!("{}.signing-key.pem", cx.profile));
+    let jwe_path = cx.state_dir.join(format!("{}.signing-key.jwe", cx.profile));
+    // Before eBay makes a key: a key made and then not written would be lost for good.
+    if !force {
+        for path in [&key_path, &jwe_path] {
+            if path.exists() {
+                return Err(format!(
+                    "{} exists and may hold the key [{}] signs with: pass --force to replace it \
+                     (requests signed with the old key fail once the config uses the new one)",
+                    path.display(),
+                    cx.profile
+                ));
+            }
+        }
+    }
+    let token = application_token(&cx).await?;
+    let host = if cx.hosts.iter().all(|h| h.contains(".sandbox.")) {
+        "apiz.sandbox.ebay.com"
+    } else {
+        "apiz.ebay.com"
+    };
+    let request = key_request(host, &token, cipher)?;
+    let (status, body) = cx
+        .upstream
+        .exchange(request, "eBay's Key Management API")
+        .await?;
+    if !status.is_success() {
+        return Err(format!(
+            "eBay's Key Management API refused to create a key (HTTP {}): {}",
+            status.as_u16(),
+            ebay_error(&body)
+        ));
+    }
+    let mut created: SigningKey = serde_json::from_slice(&body).map_err(|e| {
+        format!("eBay's Key Management API answered with JSON signproxy does not understand: {e}")
+    })?;
+    let private_key = created.private_key.take().map(Zeroizing::new).ok_or(
+        "eBay's Key Management API answered without a privateKey: it returns one only when a key \
+         is created; create another",
+    )?;
+    let pem = Zeroizing::new(pem_of(&private_key));
+    let key = load_private_key(&pem).map_err(|e| {
+        format!("the privateKey eBay returned does not load ({e}); nothing was written")
+    })?;
+    let expected = match cipher {
+        Cipher::Ed25519 => "ed25519",
+        Cipher::Rsa => "rsa",
+    };
+    if !key.algorithm().starts_with(expected) {
+        return Err(format!(
+            "eBay returned a {} key where {} was asked for; nothing was written",
+            key.algorithm(),
+            cipher.wire()
+        ));
+    }
+    if created.jwe.trim().is_empty() {
+        return Err("eBay's Key Management API answered without a jwe".to_owned());
+    }
+    write_private(&key_path, pem.as_bytes(), force)?;
+    write_private(&jwe_path, created.jwe.trim().as_bytes(), force)?;
+    Ok(report(&cx, &created, cipher, &key_path, &jwe_path))
+}
+
+/// The profile's static token as it is, or a fresh application token (client credentials).
+async fn application_token(cx: &ToolContext<'_>) -> Result<Secret, String> {
+    match cx.token {
+        TokenSource::Static(token) => Ok(token.clone()),
+        TokenSource::Managed(endpoint) => {
+            let request = endpoint
+                .application_grant_request(cx.now)
+                .ok_or("the profile's token endpoint grants no application tokens")?
+                .map_err(|e| e.to_string())?;
+            let (status, body) = cx
+                .upstream
+                .exchange(request, "eBay's token endpoint")
+                .await?;
+            let grant = endpoint
+                .parse_grant(status, &body, cx.now)
+                .map_err(|e| format!("no application token for the Key Management API: {e}"))?;
+            Ok(grant.access_token)
+        }
+        TokenSource::None => Err(format!(
+            "[{}] has no credentials for eBay: add client_id and client_secret (the Key \
+             Management API takes an application token)",
+            cx.profile
+        )),
+    }
+}
+
+fn key_request(host: &str, token: &Secret, cipher: Cipher) -> Result<Request<Bytes>, String> {
+    let mut authorization = HeaderValue::from_str(&format!("Bearer {}", token.expose()))
+        .map_err(|_| "the access token is not valid in a header".to_owned())?;
+    authorization.set_sensitive(true);
+    Request::builder()
+        .method(Method::POST)
+        .uri(format!("https://{host}{KEY_PATH}"))
+        .header(header::AUTHORIZATION, authorization)
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::ACCEPT, "application/json")
+        .body(Bytes::from(format!(
+            r#"{{"signingKeyCipher":"{}"}}"#,
+            cipher.wire()
+        )))
+        .map_err(|e| format!("cannot build the Key Management request: {e}"))
+}
+
+/// eBay's `errors[]` in a refusal, as `errorId message` lines; the raw start of anything else.
+fn ebay_error(body: &[u8]) -> String {
+    #[derive(Deserialize)]
+    struct Errors {
+        errors: Vec<Item>,
+    }
+    #[derive(Deserialize)]
+    struct Item {
+        #[serde(rename = "errorId")]
+        error_id: Option<i64>,
+        message: Option<String>,
+    }
+    match serde_json::from_slice::<Errors>(body) {
+        Ok(errors) if !errors.errors.is_empty() => errors
+            .errors
+            .iter()
+            .map(|e| {
+                format!(
+                    "{} {}",
+                    e.error_id.map(|id| id.to_string()).unwrap_or_default(),
+                    e.message.as_deref().unwrap_or("")
+                )
+                .trim()
+                .to_owned()
+            })
+            .collect::<Vec<_>>()
+            .join("; "),
+        _ => {
+            let text = String::from_utf8_lossy(body);
+            let shown: String = text.chars().take(200).collect();
+            if shown.trim().is_empty() {
+                "(empty answer)".to_owned()
+            } else {
+                crate::secret::without_quoted_strings(shown.trim())
+            }
+        }
+    }
+}
+
+/// eBay's bare base64 PKCS#8 DER as PEM, so the file reads like any other key file.
+fn pem_of(base64: &str) -> String {
+    let compact: Zeroizing<Vec<u8>> = Zeroizing::new(
+        base64
+            .bytes()
+            .filter(|b| !b.is_ascii_whitespace())
+            .collect(),
+    );
+    if compact.starts_with(b"-----BEGIN ") {
+        return base64.trim().to_owned() + "\n";
+    }
+    let mut pem = String::from("-----BEGIN PRIVATE KEY-----\n");
+    for line in compact.chunks(64) {
+        pem.push_str(&String::from_utf8_lossy(line));
+        pem.push('\n');
+    }
+    pem.push_str("-----END PRIVATE KEY-----\n");
+    pem
+}
+
+/// Writes `bytes` to `path` with mode 0600, whole or not at all: a temporary file beside it,
+/// then a rename (`force`) or a hard link that fails if `path` appeared meanwhile.
+fn write_private(path: &Path, bytes: &[u8], force: bool) -> Result<(), String> {
+    let fail = |e: std::io::Error| format!("cannot write {}: {e}", path.display());
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let temporary = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+    // A leftover of an earlier run that died between create and link.
+    let _ = fs::remove_file(&temporary);
+    let written = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&temporary)
+        .and_then(|mut file| {
+            file.write_all(bytes)?;
+            file.sync_all()
+        })
+        .and_then(|()| {
+            if force {
+                fs::rename(&temporary, path)
+            } else {
+                fs::hard_link(&temporary, path)
+            }
+        });
+    // Gone after a rename already; after a link or a failure, only the temporary name goes.
+    let _ = fs::remove_file(&temporary);
+    match written {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(format!(
+            "{} exists: pass --force to replace it",
+            path.display()
+        )),
+        Err(e) => Err(fail(e)),
+    }
+}
+
+fn report(
+    cx: &ToolContext<'_>,
+    created: &SigningKey,
+    cipher: Cipher,
+    key_path: &Path,
+    jwe_path: &Path,
+) -> String {
+    let toml_path = |p: &PathBuf| toml::Value::String(p.display().to_string()).to_string();
+    let expiry = match created.expiration_time {
+        Some(at) => format!(
+            ", valid until {}",
+            httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(at))
+        ),
+        None => String::new(),
+    };
+    let mut out = format!(
+        "Created eBay signing key {} ({}){expiry}.\n\
+         Wrote the private key to {} and its JWE to {} (mode 0600).\n\
+         eBay keeps no copy of the private key: back the file up, or create a new key if it is \
+         lost.\n\n\
+         Put these lines in [{}], replacing any private_key, jwe and key_expires_at there, then \
+         restart signproxy or send it SIGHUP:\n\n\
+         private_key = {{ file = {} }}\n\
+         jwe = {{ file = {} }}\n",
+        created.signing_key_id,
+        cipher.wire(),
+        key_path.display(),
+        jwe_path.display(),
+        cx.profile,
+        toml_path(&key_path.to_path_buf()),
+        toml_path(&jwe_path.to_path_buf()),
+    );
+    if let Some(at) = created.expiration_time {
+        out.push_str(&format!("key_expires_at = {at}\n"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ED25519_BARE: &str = "MC4CAQAwBQYDK2VwBCIEIJ+DYvh6SEqVTm50DFtMDoQikTmiCqirVv9mWG9qfSnF";
+
+    #[test]
+    fn bare_base64_becomes_a_pem_that_loads() {
+        let pem = pem_of(ED25519_BARE);
+        assert!(pem.starts_with("-----BEGIN PRIVATE KEY-----\n"));
+        assert!(pem.ends_with("-----END PRIVATE KEY-----\n"));
+        assert_eq!(load_private_key(&pem).unwrap().algorithm(), "ed25519");
+        // Line breaks in eBay's value change nothing.
+        let broken = format!("{}\n{}", &ED25519_BARE[..30], &ED25519_BARE[30..]);
+        assert_eq!(pem_of(&broken), pem);
+    }
+
+    #[test]
+    fn refusals_show_ebays_error_ids_and_never_quoted_values() {
+        let body = br#"{"errors":[{"errorId":1100,"domain":"ACCESS","message":"Access denied"}]}"#;
+        assert_eq!(ebay_error(body), "1100 Access denied");
+        assert_eq!(ebay_error(b""), "(empty answer)");
+        let odd = ebay_error(br#"<html>token "abc123secret" refused</html>"#);
+        assert!(!odd.contains("abc123secret"), "{odd}");
+    }
+
+    #[test]
+    fn files_are_private_and_kept_unless_forced() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.pem");
+        write_private(&path, b"one", false).unwrap();
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let err = write_private(&path, b"two", false).unwrap_err();
+        assert!(err.contains("--force"), "{err}");
+        assert_eq!(fs::read(&path).unwrap(), b"one");
+        write_private(&path, b"two", true).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"two");
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        // No temporary file is left behind.
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn the_request_asks_for_the_cipher_with_a_hidden_token() {
+        let req = key_request("apiz.ebay.com", &Secret::new("app-token"), Cipher::Rsa).unwrap();
+        assert_eq!(req.method(), Method::POST);
+        assert_eq!(
+            req.uri().to_string(),
+            "https://apiz.ebay.com/developer/key_management/v1/signing_key"
+        );
+        assert_eq!(req.body().as_ref(), br#"{"signingKeyCipher":"RSA"}"#);
+        let auth = &req.headers()[header::AUTHORIZATION];
+        assert!(auth.is_sensitive());
+        assert_eq!(auth, "Bearer app-token");
+    }
+}
