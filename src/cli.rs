@@ -542,6 +542,7 @@ async fn serve(path: PathBuf, config: Arc<Config>, sandbox_flag: bool) -> Result
             let _ = stopped.wait_for(|s| *s).await;
         }));
     }
+    let shared_dedupe = shared_dedupe_store(&config, &proxy)?;
     for settings in &config.inbound {
         let listener = bind(
             settings.listen,
@@ -561,10 +562,15 @@ async fn serve(path: PathBuf, config: Arc<Config>, sandbox_flag: bool) -> Result
             Some(keys),
         )
         .map_err(|e| e.to_string())?;
+        let inbound = match &shared_dedupe {
+            Some(store) => inbound.with_shared_dedupe(Arc::clone(store)),
+            None => inbound,
+        };
         tracing::info!(
             listener = %settings.name,
             listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
             routes = settings.routes.len(),
+            dedupe = inbound.dedupe_backend(),
             "inbound webhooks listening"
         );
         let mut stopped = stopped_rx.clone();
@@ -587,6 +593,27 @@ async fn serve(path: PathBuf, config: Arc<Config>, sandbox_flag: bool) -> Result
     served.map_err(|e| e.to_string())?;
     tracing::info!("signproxy stopped");
     Ok(())
+}
+
+/// The Redis store inbound listeners de-duplicate through, when `[store]` is shared: the token
+/// manager's own (one connection), else one opened for them. Never in the sandbox, whose test
+/// events must not mark the marketplace's real ids as seen.
+fn shared_dedupe_store(
+    config: &Config,
+    proxy: &Proxy,
+) -> Result<Option<Arc<crate::token::redis_store::RedisStore>>, String> {
+    let crate::config::StoreSettings::Redis(settings) = &config.store else {
+        return Ok(None);
+    };
+    if config.inbound.is_empty() || config.sandbox.enabled {
+        return Ok(None);
+    }
+    if let Some(store) = proxy.state().tokens.shared_redis() {
+        return Ok(Some(store));
+    }
+    crate::token::redis_store::RedisStore::new(settings)
+        .map(|store| Some(Arc::new(store)))
+        .map_err(|e| e.to_string())
 }
 
 /// Where managed tokens are kept (never the Redis URL's credentials).

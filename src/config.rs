@@ -305,6 +305,9 @@ pub const EXPIRY_WARNING_SECS: u64 = 30 * 86_400;
 
 /// The default `[inbound.NAME] dedupe_capacity`: event ids remembered per listener.
 pub const DEFAULT_INBOUND_DEDUPE_CAPACITY: usize = 100_000;
+/// The default `[inbound.NAME] dedupe_retention_secs`: a day, longer than any marketplace's
+/// retries (the longest, about 15.5 h).
+pub const DEFAULT_INBOUND_DEDUPE_RETENTION_SECS: u64 = 86_400;
 /// Webhook bodies are small, and an inbound body is read before its signature can be checked:
 /// anyone who reaches the listener can make it buffer this much per connection.
 pub const DEFAULT_INBOUND_MAX_BODY_BYTES: u64 = 1 << 20;
@@ -319,6 +322,8 @@ pub struct InboundSettings {
     pub routes: Vec<InboundRoute>,
     /// How many event ids the replay guard keeps (least recently seen dropped first).
     pub dedupe_capacity: usize,
+    /// How long the shared store (`[store] backend = "redis"`) remembers an accepted event id.
+    pub dedupe_retention: Duration,
     pub max_body_bytes: u64,
 }
 
@@ -375,6 +380,7 @@ struct RawInbound {
     #[serde(default)]
     routes: Vec<toml::Table>,
     dedupe_capacity: Option<usize>,
+    dedupe_retention_secs: Option<u64>,
     max_body_bytes: Option<u64>,
     #[serde(default)]
     allow_unauthenticated: bool,
@@ -1097,12 +1103,19 @@ impl Ctx<'_> {
         if dedupe_capacity == 0 {
             return Err(self.fail(&at("dedupe_capacity"), "must be at least 1"));
         }
+        let dedupe_retention_secs = raw
+            .dedupe_retention_secs
+            .unwrap_or(DEFAULT_INBOUND_DEDUPE_RETENTION_SECS);
+        if dedupe_retention_secs == 0 {
+            return Err(self.fail(&at("dedupe_retention_secs"), "must be at least 1"));
+        }
         Ok(InboundSettings {
             name,
             listen,
             forward_to,
             routes,
             dedupe_capacity,
+            dedupe_retention: Duration::from_secs(dedupe_retention_secs),
             max_body_bytes: raw
                 .max_body_bytes
                 .unwrap_or(DEFAULT_INBOUND_MAX_BODY_BYTES.min(max_body_bytes))
@@ -1454,6 +1467,28 @@ mod tests {
         assert_eq!(
             c.inbound[0].dedupe_capacity,
             DEFAULT_INBOUND_DEDUPE_CAPACITY
+        );
+        assert_eq!(
+            c.inbound[0].dedupe_retention,
+            Duration::from_secs(DEFAULT_INBOUND_DEDUPE_RETENTION_SECS)
+        );
+        let retention = |secs: &str| {
+            parse(
+                &inbound("127.0.0.1:8081", "http://127.0.0.1:3000/", tt).replace(
+                    "[[inbound.hooks.routes]]",
+                    &format!("dedupe_retention_secs = {secs}\n[[inbound.hooks.routes]]"),
+                ),
+            )
+        };
+        assert_eq!(
+            retention("60").unwrap().inbound[0].dedupe_retention,
+            Duration::from_secs(60)
+        );
+        let e = retention("0").unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("inbound.hooks.dedupe_retention_secs"),
+            "{e}"
         );
         // A public address needs the explicit opt-in.
         let e = parse(&inbound("0.0.0.0:8081", "http://127.0.0.1:3000/", tt)).unwrap_err();

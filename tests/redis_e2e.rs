@@ -785,6 +785,43 @@ async fn a_stale_write_is_refused_and_a_release_frees_only_its_own_lease() {
     assert_eq!(stored.access_token, None);
     assert_eq!(stored.refresh_token.as_deref(), Some("rt-2"));
 
+    // Inbound replay marks stay within the same prefix and commands.
+    use signproxy::token::redis_replay::ReplayBegin;
+    let ttl = Duration::from_secs(5);
+    let ReplayBegin::New { claim } = store.replay_begin("shop.a", "e1", ttl).await.unwrap() else {
+        panic!("a new id is claimed")
+    };
+    assert_eq!(
+        store.replay_begin("shop.a", "e1", ttl).await.unwrap(),
+        ReplayBegin::InFlight
+    );
+    // Another claim's settle never frees this one's mark.
+    store
+        .replay_abandon("shop.a", "e1", "not-ours")
+        .await
+        .unwrap();
+    assert_eq!(
+        store.replay_begin("shop.a", "e1", ttl).await.unwrap(),
+        ReplayBegin::InFlight
+    );
+    store.replay_abandon("shop.a", "e1", &claim).await.unwrap();
+    let ReplayBegin::New { claim } = store.replay_begin("shop.a", "e1", ttl).await.unwrap() else {
+        panic!("released")
+    };
+    store
+        .replay_accept("shop.a", "e1", &claim, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.replay_begin("shop.a", "e1", ttl).await.unwrap(),
+        ReplayBegin::Accepted
+    );
+    // Per profile: the same id of another profile is another event.
+    assert!(matches!(
+        store.replay_begin("shop.b", "e1", ttl).await.unwrap(),
+        ReplayBegin::New { .. }
+    ));
+
     // Outside the prefix the ACL refuses: the limit is real, and the error hides the password.
     let outside = signproxy::config::RedisSettings {
         key_prefix: "other:".into(),
@@ -799,4 +836,276 @@ async fn a_stale_write_is_refused_and_a_release_frees_only_its_own_lease() {
         .to_string();
     assert!(e.contains("NOPERM") || e.contains("permission"), "{e}");
     assert!(!e.contains("s3cret-pw"), "{e}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Inbound webhooks: replicas de-duplicate through the same Redis
+
+const INBOUND: &str = "\n[inbound.hooks]\nlisten = \"127.0.0.1:0\"\nforward_to = \"@APP@\"\n\n\
+                       [[inbound.hooks.routes]]\npath = \"/webhooks/tiktok\"\nprofile = \"tiktok.default\"\n";
+
+/// The replicas' config with an inbound listener forwarding to `app`. `managed`: whether the
+/// profile has managed tokens (then the token manager's Redis connection is the one shared).
+fn inbound_config(world: &World, redis: &Redis, app: &TestUpstream, managed: bool) -> String {
+    let config = world.config(&redis_store(redis)) + &INBOUND.replace("@APP@", &app.url("/"));
+    if managed {
+        config
+    } else {
+        config.replace("refresh_token = \"rt-0\"\n", "")
+    }
+}
+
+/// A TikTok push with `id`, signed as TikTok does (hex HMAC-SHA256(app_secret, app_key ‖ body)),
+/// computed here, not by signproxy.
+fn tiktok_event(id: &str) -> (Vec<u8>, String) {
+    use hmac::{Hmac, Mac};
+    let body = format!(
+        r#"{{"type":1,"tts_notification_id":"{id}","shop_id":"7495540735365777507","timestamp":1718305585,"data":{{"order_id":"576653688135258178","order_status":"UNPAID"}}}}"#
+    )
+    .into_bytes();
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(TIKTOK_APP_SECRET.as_bytes()).unwrap();
+    mac.update(TIKTOK_APP_KEY.as_bytes());
+    mac.update(&body);
+    (body, hex::encode(mac.finalize().into_bytes()))
+}
+
+impl Binary {
+    /// The inbound listener's address, from its "inbound webhooks listening" line.
+    async fn inbound(&self) -> SocketAddr {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let found = self
+                .stderr
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| l.contains("inbound webhooks listening"))
+                .cloned();
+            if let Some(line) = found {
+                let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+                assert_eq!(v["dedupe"], "redis", "{line}");
+                return v["listen"].as_str().unwrap().parse().unwrap();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no inbound line: {}",
+                self.output()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn push(&self, id: &str) -> u16 {
+        let (body, signature) = tiktok_event(id);
+        let addr = self.inbound().await;
+        reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(20))
+            .build()
+            .unwrap()
+            .post(format!("http://{addr}/webhooks/tiktok"))
+            .header("content-type", "application/json")
+            .header("authorization", signature)
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
+    async fn inbound_metric(&self, outcome: &str) -> f64 {
+        self.metric(&format!(
+            "signproxy_inbound_webhooks_total{{listener=\"hooks\",profile=\"tiktok.default\",outcome=\"{outcome}\"}}"
+        ))
+        .await
+    }
+}
+
+/// Event ids the app received (what signproxy says it verified).
+fn delivered(app: &TestUpstream) -> Vec<String> {
+    app.requests()
+        .iter()
+        .map(|r| r.header_str("x-signproxy-event-id").unwrap().to_owned())
+        .collect()
+}
+
+fn replay_key(id: &str, which: &str) -> String {
+    use sha2::Digest;
+    format!(
+        "test:inbound:tiktok.default:{}:{which}",
+        hex::encode(sha2::Sha256::digest(id.as_bytes()))
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_accepted_through_one_replica_is_a_duplicate_on_another_and_after_a_restart() {
+    let redis = Redis::start();
+    let world = World::new(3600);
+    let app = TestUpstream::start_plain(Verifier::None);
+    let root = tempfile::tempdir().unwrap();
+    let config = inbound_config(&world, &redis, &app, true);
+    let mut a = Binary::start(&world, &root.path().join("a"), &config).await;
+    let mut b = Binary::start(&world, &root.path().join("b"), &config).await;
+
+    assert_eq!(a.push("7380066284010030890").await, 200);
+    assert_eq!(delivered(&app), ["7380066284010030890"]);
+    // The replay through the other replica: acknowledged as TikTok expects, never forwarded.
+    assert_eq!(b.push("7380066284010030890").await, 200);
+    assert_eq!(b.push("7380066284010030890").await, 200);
+    assert_eq!(
+        delivered(&app),
+        ["7380066284010030890"],
+        "a replay reached the app"
+    );
+    assert_eq!(a.inbound_metric("forwarded").await, 1.0);
+    assert_eq!(b.inbound_metric("duplicate").await, 2.0);
+    assert_eq!(b.inbound_metric("forwarded").await, 0.0);
+
+    // One accepted mark, kept a day (the default retention); the in-flight mark is gone.
+    assert!(redis.exists(&replay_key("7380066284010030890", "accepted")));
+    assert!(!redis.exists(&replay_key("7380066284010030890", "inflight")));
+    let Ok(redis::Value::Int(ttl)) =
+        redis.query(&["PTTL", &replay_key("7380066284010030890", "accepted")])
+    else {
+        panic!("no PTTL")
+    };
+    assert!(
+        (86_400_000 - 60_000..=86_400_000).contains(&ttl),
+        "retention {ttl} ms"
+    );
+
+    // Every process gone; a new one on the same Redis still refuses the replay. It holds no
+    // managed token, so it opens its own connection for de-duplication.
+    a.kill();
+    b.kill();
+    let c = Binary::start(
+        &world,
+        &root.path().join("c"),
+        &inbound_config(&world, &redis, &app, false),
+    )
+    .await;
+    assert_eq!(c.push("7380066284010030890").await, 200);
+    assert_eq!(
+        delivered(&app),
+        ["7380066284010030890"],
+        "a replay after a restart"
+    );
+    assert_eq!(c.inbound_metric("duplicate").await, 1.0);
+    // A new event still goes through.
+    assert_eq!(c.push("7380066284010030891").await, 200);
+    assert_eq!(
+        delivered(&app),
+        ["7380066284010030890", "7380066284010030891"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_the_app_refused_is_delivered_again_through_the_other_replica() {
+    let redis = Redis::start();
+    let world = World::new(3600);
+    let app = TestUpstream::start_plain(Verifier::None);
+    let root = tempfile::tempdir().unwrap();
+    let config = inbound_config(&world, &redis, &app, true);
+    let a = Binary::start(&world, &root.path().join("a"), &config).await;
+    let b = Binary::start(&world, &root.path().join("b"), &config).await;
+
+    app.set_behaviour(Behaviour::json(500, r#"{"error":"busy"}"#));
+    assert_eq!(a.push("refused-1").await, 500);
+    assert_eq!(a.inbound_metric("app_refused").await, 1.0);
+    assert!(!redis.exists(&replay_key("refused-1", "accepted")));
+    assert!(!redis.exists(&replay_key("refused-1", "inflight")));
+
+    // TikTok's retry lands on the other replica and reaches the app.
+    app.set_behaviour(Behaviour::echo());
+    assert_eq!(b.push("refused-1").await, 200);
+    assert_eq!(delivered(&app), ["refused-1", "refused-1"]);
+    assert_eq!(b.inbound_metric("forwarded").await, 1.0);
+    // Accepted now: the next copy, on either replica, is a duplicate.
+    assert_eq!(a.push("refused-1").await, 200);
+    assert_eq!(b.push("refused-1").await, 200);
+    assert_eq!(delivered(&app).len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_arriving_while_another_replica_has_the_event_with_the_app_gets_503() {
+    let redis = Redis::start();
+    let world = World::new(3600);
+    let app = TestUpstream::start_plain(Verifier::None);
+    let root = tempfile::tempdir().unwrap();
+    let config = inbound_config(&world, &redis, &app, true);
+    let a = Arc::new(Binary::start(&world, &root.path().join("a"), &config).await);
+    let b = Binary::start(&world, &root.path().join("b"), &config).await;
+    a.inbound().await;
+
+    app.set_behaviour(Behaviour::echo().with_delay(Duration::from_millis(1500)));
+    let first = {
+        let a = Arc::clone(&a);
+        tokio::spawn(async move { a.push("slow-1").await })
+    };
+    let deadline = Instant::now() + WAIT;
+    while app.requests().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the first copy never reached the app"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(redis.exists(&replay_key("slow-1", "inflight")));
+    assert_eq!(
+        b.push("slow-1").await,
+        503,
+        "the second copy must be retried later"
+    );
+    assert_eq!(b.inbound_metric("in_flight").await, 1.0);
+    assert_eq!(first.await.unwrap(), 200);
+    assert_eq!(b.push("slow-1").await, 200);
+    assert_eq!(b.inbound_metric("duplicate").await, 1.0);
+    assert_eq!(delivered(&app), ["slow-1"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_fails_closed_with_503_and_the_retry_is_delivered_once_it_is_back() {
+    let mut redis = Redis::start();
+    let world = World::new(3600);
+    let app = TestUpstream::start_plain(Verifier::None);
+    let root = tempfile::tempdir().unwrap();
+    let a = Binary::start(
+        &world,
+        root.path(),
+        &inbound_config(&world, &redis, &app, false),
+    )
+    .await;
+    assert_eq!(a.push("before-1").await, 200);
+
+    redis.stop();
+    // Nothing can tell whether the app has it: never forwarded, never acknowledged.
+    assert_eq!(a.push("during-1").await, 503);
+    assert_eq!(a.push("during-1").await, 503);
+    assert_eq!(delivered(&app), ["before-1"]);
+    assert_eq!(a.inbound_metric("dedupe_unavailable").await, 2.0);
+    // What this process accepted itself is still refused without Redis.
+    assert_eq!(a.push("before-1").await, 200);
+    assert_eq!(a.inbound_metric("duplicate").await, 1.0);
+    let output = a.output();
+    assert!(
+        output.contains("cannot check the event id in the shared store"),
+        "{output}"
+    );
+    assert!(!output.contains(TIKTOK_APP_SECRET), "a secret in the log");
+
+    // Back (empty): the marketplace's retry is delivered, once.
+    redis.restart();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let status = a.push("during-1").await;
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 503);
+        assert!(Instant::now() < deadline, "did not recover");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(a.push("during-1").await, 200);
+    assert_eq!(delivered(&app), ["before-1", "during-1"]);
 }

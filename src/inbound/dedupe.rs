@@ -38,12 +38,7 @@ impl Dedupe {
     }
 
     pub fn begin(&mut self, id: &str) -> Begin {
-        if let Some(at) = self.accepted.get(id).copied() {
-            // Seen again: most recently used now.
-            self.order.remove(&at);
-            self.next += 1;
-            self.order.insert(self.next, id.to_owned());
-            self.accepted.insert(id.to_owned(), self.next);
+        if self.was_accepted(id) {
             return Begin::Duplicate;
         }
         if self.in_flight.contains_key(id) {
@@ -51,6 +46,18 @@ impl Dedupe {
         }
         self.in_flight.insert(id.to_owned(), ());
         Begin::New
+    }
+
+    /// Whether the app accepted `id`; if so it counts as seen again (most recently used now).
+    pub fn was_accepted(&mut self, id: &str) -> bool {
+        let Some(at) = self.accepted.get(id).copied() else {
+            return false;
+        };
+        self.order.remove(&at);
+        self.next += 1;
+        self.order.insert(self.next, id.to_owned());
+        self.accepted.insert(id.to_owned(), self.next);
+        true
     }
 
     /// The app accepted the event: later copies are duplicates.

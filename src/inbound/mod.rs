@@ -3,17 +3,19 @@
 //!
 //! Per request: route by path; a self-answered request (eBay's challenge) is answered here; the
 //! raw body is read (bounded), verified (a key fetched by id first when the marketplace names
-//! one), de-duplicated on the event id, then forwarded byte for byte to `forward_to` with
+//! one), de-duplicated on the event id (the [`guard::ReplayGuard`]: in memory, or shared through
+//! Redis), then forwarded byte for byte to `forward_to` with
 //! `x-signproxy-verified` and `x-signproxy-event-id` and without the signature headers. The app's
 //! answer is relayed; past the route's deadline the answer is 504 and the event is not recorded,
 //! so the marketplace's retry delivers it again. One log line per request, no secrets.
 
 pub mod dedupe;
+pub mod guard;
 pub mod keys;
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -32,7 +34,7 @@ use tokio::task::JoinSet;
 use crate::config::{InboundRoute, InboundSettings};
 use crate::marketplace::webhook::Refusal;
 use crate::metrics::Metrics;
-use dedupe::{Begin, Dedupe};
+use guard::{Begun, ReplayGuard, IN_FLIGHT_MARGIN};
 pub use keys::{KeyCache, KeyFetch};
 
 /// The header naming the profile that verified an event.
@@ -59,7 +61,7 @@ pub enum InboundError {
 pub struct Inbound {
     settings: Arc<InboundSettings>,
     metrics: Arc<Metrics>,
-    dedupe: Mutex<Dedupe>,
+    replay: ReplayGuard,
     client: AppClient,
     keys: Option<Arc<KeyCache>>,
 }
@@ -87,12 +89,30 @@ impl Inbound {
             .pool_idle_timeout(Duration::from_secs(30))
             .build(connector);
         Ok(Inbound {
-            dedupe: Mutex::new(Dedupe::new(settings.dedupe_capacity)),
+            replay: ReplayGuard::memory(settings.dedupe_capacity),
             settings,
             metrics,
             client,
             keys,
         })
+    }
+
+    /// De-duplicates through `store`, shared with every replica on it, instead of in memory.
+    pub fn with_shared_dedupe(
+        mut self,
+        store: Arc<crate::token::redis_store::RedisStore>,
+    ) -> Inbound {
+        self.replay = ReplayGuard::shared(
+            store,
+            self.settings.dedupe_capacity,
+            self.settings.dedupe_retention,
+        );
+        self
+    }
+
+    /// Where event ids are de-duplicated: `memory` or `redis`.
+    pub fn dedupe_backend(&self) -> &'static str {
+        self.replay.describe()
     }
 }
 
@@ -249,21 +269,37 @@ async fn handle_route(inbound: &Inbound, route: &InboundRoute, req: Request<Inco
     let Ok(id_value) = HeaderValue::from_str(&event_id) else {
         return refuse(Refusal::Malformed);
     };
-    let dedupe_key = format!("{}\n{event_id}", route.profile.label());
-    let begun = match inbound.dedupe.lock() {
-        Ok(mut d) => d.begin(&dedupe_key),
-        Err(poisoned) => poisoned.into_inner().begin(&dedupe_key),
-    };
     let with_id = |mut outcome: Outcome| {
         outcome.event_id = Some(event_id.clone());
         outcome
     };
-    match begun {
-        Begin::Duplicate => return with_id(answer(verifier.duplicate_status(), "duplicate")),
+    let begun = inbound
+        .replay
+        .begin(
+            route.profile.label(),
+            &event_id,
+            route.deadline + IN_FLIGHT_MARGIN,
+        )
+        .await;
+    // Settles the id however this future ends: dropped mid-forward (the sender went away), the
+    // id is released so the marketplace's retry is delivered.
+    let mut claim = match begun {
+        Ok(Begun::New(claim)) => claim,
+        Ok(Begun::Duplicate) => return with_id(answer(verifier.duplicate_status(), "duplicate")),
         // Not acknowledged: the marketplace retries, and by then the first copy is settled.
-        Begin::InFlight => return with_id(answer(StatusCode::SERVICE_UNAVAILABLE, "in_flight")),
-        Begin::New => {}
-    }
+        Ok(Begun::InFlight) => {
+            return with_id(answer(StatusCode::SERVICE_UNAVAILABLE, "in_flight"))
+        }
+        // Unknown whether the app has it: never forwarded, never acknowledged; the
+        // marketplace retries until the store answers again.
+        Err(e) => {
+            tracing::warn!(target: "signproxy::inbound", listener = %inbound.settings.name, profile = %route.profile.label(), event_id = %event_id, error = %e, "cannot check the event id in the shared store; answering 503 so the marketplace retries");
+            return with_id(answer(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "dedupe_unavailable",
+            ));
+        }
+    };
     let forwarded = forward_request(
         &inbound.settings.forward_to,
         &parts.uri,
@@ -273,16 +309,8 @@ async fn handle_route(inbound: &Inbound, route: &InboundRoute, req: Request<Inco
         id_value,
         body,
     );
-    // Settles the id however this future ends: dropped mid-forward (the sender went away), the
-    // id is released so the marketplace's retry is delivered.
-    let mut claim = Claim {
-        dedupe: &inbound.dedupe,
-        key: dedupe_key,
-        settled: false,
-    };
-    let mut settle = |accepted: bool| claim.settle(accepted);
     let Some(forwarded) = forwarded else {
-        settle(false);
+        claim.settle(false).await;
         return with_id(answer(StatusCode::INTERNAL_SERVER_ERROR, "bad_forward_url"));
     };
     let exchange = async {
@@ -297,16 +325,16 @@ async fn handle_route(inbound: &Inbound, route: &InboundRoute, req: Request<Inco
     };
     match tokio::time::timeout(route.deadline, exchange).await {
         Err(_) => {
-            settle(false);
+            claim.settle(false).await;
             with_id(answer(StatusCode::GATEWAY_TIMEOUT, "timeout"))
         }
         Ok(Err(())) => {
-            settle(false);
+            claim.settle(false).await;
             with_id(answer(StatusCode::BAD_GATEWAY, "app_unreachable"))
         }
         Ok(Ok((head, body))) => {
             let accepted = head.status.is_success();
-            settle(accepted);
+            claim.settle(accepted).await;
             let mut response = Response::new(Full::new(body));
             *response.status_mut() = head.status;
             for (name, value) in &head.headers {
@@ -320,38 +348,6 @@ async fn handle_route(inbound: &Inbound, route: &InboundRoute, req: Request<Inco
                 event_id: None,
             })
         }
-    }
-}
-
-/// An event id handed to the app and not yet settled.
-struct Claim<'a> {
-    dedupe: &'a Mutex<Dedupe>,
-    key: String,
-    settled: bool,
-}
-
-impl Claim<'_> {
-    /// Accepted ids become duplicates; others are released for the next copy.
-    fn settle(&mut self, accepted: bool) {
-        if self.settled {
-            return;
-        }
-        self.settled = true;
-        let mut d = match self.dedupe.lock() {
-            Ok(d) => d,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        if accepted {
-            d.accepted(&self.key);
-        } else {
-            d.abandoned(&self.key);
-        }
-    }
-}
-
-impl Drop for Claim<'_> {
-    fn drop(&mut self) {
-        self.settle(false);
     }
 }
 
@@ -419,26 +415,6 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_claim_dropped_unsettled_releases_the_id() {
-        let dedupe = Mutex::new(Dedupe::new(4));
-        assert_eq!(dedupe.lock().unwrap().begin("k"), Begin::New);
-        drop(Claim {
-            dedupe: &dedupe,
-            key: "k".into(),
-            settled: false,
-        });
-        assert_eq!(dedupe.lock().unwrap().begin("k"), Begin::New);
-        let mut claim = Claim {
-            dedupe: &dedupe,
-            key: "k".into(),
-            settled: false,
-        };
-        claim.settle(true);
-        drop(claim);
-        assert_eq!(dedupe.lock().unwrap().begin("k"), Begin::Duplicate);
-    }
 
     #[test]
     fn the_forwarded_head_drops_signatures_and_spoofed_verdicts() {

@@ -4,6 +4,7 @@
 //! token past its expiry.
 
 pub mod backend;
+pub mod redis_replay;
 pub mod redis_store;
 pub mod store;
 
@@ -238,6 +239,14 @@ impl std::fmt::Debug for TokenManager {
 }
 
 impl TokenManager {
+    /// The shared Redis store this manager holds, so other users of Redis share its connection.
+    pub fn shared_redis(&self) -> Option<Arc<RedisStore>> {
+        match &self.held {
+            Some(Held::Redis(redis)) => Some(Arc::clone(redis)),
+            _ => None,
+        }
+    }
+
     /// Sets up managed profiles, resuming from the state folder's token file. On a reload,
     /// `previous` hands over the token file and every profile whose token source is unchanged,
     /// so tokens (and a refresh in flight) carry on. Returns warnings to log (a corrupt file

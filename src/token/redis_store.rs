@@ -86,6 +86,10 @@ impl RedisStore {
         &self.settings
     }
 
+    pub(super) fn key_prefix(&self) -> &str {
+        &self.settings.key_prefix
+    }
+
     fn key(&self, profile: &str) -> String {
         format!("{}{profile}", self.settings.key_prefix)
     }
@@ -153,7 +157,7 @@ impl RedisStore {
     }
 
     /// One command with the response timeout, whatever the connection does.
-    async fn run<T: redis::FromRedisValue>(
+    pub(super) async fn run<T: redis::FromRedisValue>(
         &self,
         what: &str,
         command: impl FnOnce(ConnectionManager) -> redis::RedisFuture<'static, T>,
@@ -309,7 +313,7 @@ impl Store for RedisStore {
 }
 
 /// 128 random bits (std's per-process random hash keys, the time and the process id).
-fn lease_id() -> String {
+pub(super) fn lease_id() -> String {
     use std::hash::{BuildHasher, Hasher};
     let mut out = String::new();
     for round in 0..2u8 {
