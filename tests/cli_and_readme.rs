@@ -109,7 +109,10 @@ fn readme_sign_example_prints_exactly_what_the_readme_shows() {
 
 #[test]
 fn readme_config_reference_block_is_valid_config() {
-    let block = fenced_blocks(&readme(), "toml")[0].clone();
+    let block = fenced_blocks(&readme(), "toml")
+        .into_iter()
+        .find(|b| b.contains("[proxy]") && b.contains("[ebay.default]"))
+        .expect("the config reference block");
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("ebay-signing-key.pem"),

@@ -812,12 +812,36 @@ fn mode(path: &std::path::Path) -> u32 {
     std::fs::metadata(path).unwrap().permissions().mode() & 0o777
 }
 
+/// The README's create-key command, as written (without its comment), and its example lines.
+fn readme_create_key() -> (Vec<String>, String) {
+    let readme = common::readme::readme();
+    let command = common::readme::fenced_blocks(&readme, "sh")
+        .into_iter()
+        .find_map(|b| {
+            b.lines()
+                .find(|l| l.starts_with("signproxy ebay create-key"))
+                .map(str::to_owned)
+        })
+        .expect("the README's create-key command");
+    let command = command.split('#').next().unwrap();
+    let words = command
+        .split_whitespace()
+        .skip(1)
+        .map(str::to_owned)
+        .collect();
+    let lines = common::readme::fenced_blocks(&readme, "toml")
+        .into_iter()
+        .find(|b| b.contains("key_expires_at = ") && !b.contains("[ebay.default]"))
+        .expect("the README's create-key output");
+    (words, lines)
+}
+
 #[tokio::test]
 async fn create_key_writes_private_files_prints_the_profile_lines_and_no_secret() {
     let world = KeyWorld::start(None);
-    let (ok, stdout, stderr) = world
-        .signproxy(&["ebay", "create-key", "--profile", "default"])
-        .await;
+    let (words, readme_lines) = readme_create_key();
+    let args: Vec<&str> = words.iter().map(String::as_str).collect();
+    let (ok, stdout, stderr) = world.signproxy(&args).await;
     assert!(ok, "create-key failed:\n{stdout}\n{stderr}");
 
     // What reached eBay: a client-credentials grant for the app, then the key request with it.
@@ -876,6 +900,20 @@ async fn create_key_writes_private_files_prints_the_profile_lines_and_no_secret(
             jwe_path.to_string_lossy()
         ),
         "{stdout}"
+    );
+    // The README shows the same lines, for its own state folder.
+    let shown: Vec<&str> = readme_lines
+        .lines()
+        .map(|l| l.split(" = ").next().unwrap())
+        .collect();
+    let printed: Vec<&str> = lines
+        .lines()
+        .map(|l| l.split(" = ").next().unwrap())
+        .collect();
+    assert_eq!(shown, printed, "README:\n{readme_lines}");
+    assert!(
+        readme_lines.contains("ebay.default.signing-key.pem\" }"),
+        "{readme_lines}"
     );
     assert!(
         stdout.contains("kid-created-1") && stdout.contains("ED25519"),
