@@ -25,6 +25,7 @@ use crate::request::prepare_head;
 use crate::route::{
     named_port, normalize_host, route, signed_port, Destination, Route, RouteError,
 };
+use crate::sandbox::Sandbox;
 use crate::secret::Secret;
 use crate::signing::https_authority;
 use crate::token::store::TokenStore;
@@ -224,6 +225,15 @@ pub fn command() -> clap::Command {
                             .long("profile")
                             .required(true)
                             .help(format!("The profile: NAME of [{id}.NAME]")),
+                    )
+                    .arg(
+                        clap::Arg::new("sandbox")
+                            .long("sandbox")
+                            .action(clap::ArgAction::SetTrue)
+                            .help(
+                                "Talk to the built-in stand-in instead of the marketplace (as \
+                                 [sandbox] enabled = true)",
+                            ),
                     ),
             );
         }
@@ -313,7 +323,7 @@ fn marketplace_tool(
         .iter()
         .find(|t| t.command().get_name() == name)
         .ok_or_else(|| format!("`signproxy {id}` has no command `{name}`"))?;
-    let config = load(args.get_one::<PathBuf>("config").cloned())?;
+    let config = Arc::new(load(args.get_one::<PathBuf>("config").cloned())?);
     let wanted = args
         .get_one::<String>("profile")
         .map(String::as_str)
@@ -335,7 +345,11 @@ fn marketplace_tool(
             .chain(config.admin.listen)
             .collect(),
     };
-    let upstream = Upstream::new(&config.upstream, egress, 1).map_err(|e| e.to_string())?;
+    let mut upstream = Upstream::new(&config.upstream, egress, 1).map_err(|e| e.to_string())?;
+    if args.get_flag("sandbox") || config.sandbox.enabled {
+        let sandbox = Sandbox::new(Arc::clone(&config), crate::clock::system(), Arc::default());
+        upstream = upstream.with_sandbox(Arc::new(sandbox));
+    }
     let hosts: Vec<String> = profile.hosts.iter().map(|h| h.to_string()).collect();
     let qualified = profile.qualified_name();
     let cx = ToolContext {

@@ -305,6 +305,9 @@ pub const EXPIRY_WARNING_SECS: u64 = 30 * 86_400;
 
 /// The default `[inbound.NAME] dedupe_capacity`: event ids remembered per listener.
 pub const DEFAULT_INBOUND_DEDUPE_CAPACITY: usize = 100_000;
+/// The largest `dedupe_retention_secs`: far past every retry horizon, and within what Redis
+/// takes as an expiry.
+pub const MAX_INBOUND_DEDUPE_RETENTION_SECS: u64 = 30 * 86_400;
 /// The default `[inbound.NAME] dedupe_retention_secs`: a day, longer than any marketplace's
 /// retries (the longest, about 15.5 h).
 pub const DEFAULT_INBOUND_DEDUPE_RETENTION_SECS: u64 = 86_400;
@@ -1109,6 +1112,12 @@ impl Ctx<'_> {
         if dedupe_retention_secs == 0 {
             return Err(self.fail(&at("dedupe_retention_secs"), "must be at least 1"));
         }
+        if dedupe_retention_secs > MAX_INBOUND_DEDUPE_RETENTION_SECS {
+            return Err(self.fail(
+                &at("dedupe_retention_secs"),
+                "must be at most 2592000 (30 days): no marketplace retries for longer",
+            ));
+        }
         Ok(InboundSettings {
             name,
             listen,
@@ -1484,12 +1493,15 @@ mod tests {
             retention("60").unwrap().inbound[0].dedupe_retention,
             Duration::from_secs(60)
         );
-        let e = retention("0").unwrap_err();
-        assert!(
-            e.to_string()
-                .contains("inbound.hooks.dedupe_retention_secs"),
-            "{e}"
-        );
+        for wrong in ["0", "2592001", "10000000000000000"] {
+            let e = retention(wrong).unwrap_err();
+            assert!(
+                e.to_string()
+                    .contains("inbound.hooks.dedupe_retention_secs"),
+                "{e}"
+            );
+        }
+        assert!(retention("2592000").is_ok());
         // A public address needs the explicit opt-in.
         let e = parse(&inbound("0.0.0.0:8081", "http://127.0.0.1:3000/", tt)).unwrap_err();
         assert!(e.to_string().contains("inbound.hooks.listen"), "{e}");

@@ -679,12 +679,20 @@ const CLIENT_ID: &str = "App-PRD-create-key";
 const CLIENT_SECRET: &str = "PRD-cert-secret-31337";
 const APP_TOKEN: &str = "v^1.1#i^1#app-token-for-keys=";
 const CREATED_JWE: &str = "eyJ6aXAiOiJERUYifQ.created-jwe.for-tests";
-/// eBay's expirationTime for the created key (three years after 2026-12-08).
-const CREATED_EXPIRES: u64 = 1_891_900_800;
+/// eBay's expirationTime for a key created now: three years ahead.
+fn created_expires() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 94_608_000
+}
 
 /// A test Key Management API: the token endpoint grants [`APP_TOKEN`]; `POST signing_key`
 /// answers a key of the cipher asked for (or `refusal`, when given).
 fn key_management(upstream: &TestUpstream, refusal: Option<Behaviour>) {
+    let made = std::sync::atomic::AtomicUsize::new(0);
+    let expires = created_expires();
     upstream.set_handler(move |r: &Received| {
         if r.path() == "/identity/v1/oauth2/token" {
             return Some(Behaviour::json(
@@ -705,14 +713,15 @@ fn key_management(upstream: &TestUpstream, refusal: Option<Behaviour>) {
             Some("RSA") => EbayTestKey::rsa_2048(),
             _ => EbayTestKey::rfc9421_ed25519(),
         };
+        let n = made.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
         let answer = serde_json::json!({
-            "creationTime": CREATED_EXPIRES - 94_608_000,
-            "expirationTime": CREATED_EXPIRES,
+            "creationTime": expires - 94_608_000,
+            "expirationTime": expires,
             "jwe": CREATED_JWE,
             "privateKey": key.private_base64(),
             "publicKey": "MCowBQYDK2VwAyEAJrQLj5P/89iXES9+vFgrIy29clF9CC/oPPsw3c5D0bs=",
             "signingKeyCipher": asked["signingKeyCipher"],
-            "signingKeyId": "kid-created-1",
+            "signingKeyId": format!("kid-created-{n}"),
         });
         Some(Behaviour::json(201, &answer.to_string()))
     });
@@ -878,8 +887,12 @@ async fn create_key_writes_private_files_prints_the_profile_lines_and_no_secret(
     assert_eq!(create.body, br#"{"signingKeyCipher":"ED25519"}"#);
 
     // The files: private (0600), the key as PEM of exactly the DER eBay returned, the JWE as is.
-    let key_path = world.state.join("ebay.default.signing-key.pem");
-    let jwe_path = world.state.join("ebay.default.signing-key.jwe");
+    let key_path = world
+        .state
+        .join("ebay.default.signing-key.kid-created-1.pem");
+    let jwe_path = world
+        .state
+        .join("ebay.default.signing-key.kid-created-1.jwe");
     assert_eq!(mode(&key_path), 0o600);
     assert_eq!(mode(&jwe_path), 0o600);
     let key = EbayTestKey::rfc9421_ed25519();
@@ -895,9 +908,14 @@ async fn create_key_writes_private_files_prints_the_profile_lines_and_no_secret(
     assert_eq!(
         lines,
         format!(
-            "private_key = {{ file = {:?} }}\njwe = {{ file = {:?} }}\nkey_expires_at = {CREATED_EXPIRES}\n",
+            "private_key = {{ file = {:?} }}\njwe = {{ file = {:?} }}\nkey_expires_at = {}\n",
             key_path.to_string_lossy(),
-            jwe_path.to_string_lossy()
+            jwe_path.to_string_lossy(),
+            lines
+                .lines()
+                .last()
+                .unwrap()
+                .trim_start_matches("key_expires_at = "),
         ),
         "{stdout}"
     );
@@ -912,11 +930,11 @@ async fn create_key_writes_private_files_prints_the_profile_lines_and_no_secret(
         .collect();
     assert_eq!(shown, printed, "README:\n{readme_lines}");
     assert!(
-        readme_lines.contains("ebay.default.signing-key.pem\" }"),
+        readme_lines.contains("ebay.default.signing-key."),
         "{readme_lines}"
     );
     assert!(
-        stdout.contains("kid-created-1") && stdout.contains("ED25519"),
+        stdout.contains("kid-created-1") && stdout.contains("(ed25519)"),
         "{stdout}"
     );
     let body_line = pem.lines().nth(1).unwrap();
@@ -966,14 +984,19 @@ async fn create_key_writes_private_files_prints_the_profile_lines_and_no_secret(
 }
 
 #[tokio::test]
-async fn create_key_keeps_existing_files_unless_forced_and_rsa_replaces_them() {
+async fn create_key_asks_for_force_before_a_second_key_and_never_overwrites_the_first() {
     let world = KeyWorld::start(None);
     let (ok, _, stderr) = world
         .signproxy(&["ebay", "create-key", "--profile", "ebay.default"])
         .await;
     assert!(ok, "{stderr}");
-    let key_path = world.state.join("ebay.default.signing-key.pem");
-    let first = std::fs::read(&key_path).unwrap();
+    let first_key = world
+        .state
+        .join("ebay.default.signing-key.kid-created-1.pem");
+    let first_jwe = world
+        .state
+        .join("ebay.default.signing-key.kid-created-1.jwe");
+    let first = std::fs::read(&first_key).unwrap();
 
     // Again without --force: refused before eBay is asked (a key made and not kept is lost).
     let (ok, stdout, stderr) = world
@@ -981,13 +1004,13 @@ async fn create_key_keeps_existing_files_unless_forced_and_rsa_replaces_them() {
         .await;
     assert!(!ok, "{stdout}");
     assert!(
-        stderr.contains("--force") && stderr.contains("exists"),
+        stderr.contains("--force") && stderr.contains("kid-created-1.pem"),
         "{stderr}"
     );
     assert_eq!(world.key_requests().len(), 1, "no second key was asked for");
-    assert_eq!(std::fs::read(&key_path).unwrap(), first);
 
-    // With --force and --cipher rsa: a new RSA key replaces both files, still 0600.
+    // With --force and --cipher rsa: a new RSA key in files of its own, 0600; the first pair
+    // stays as it was, so the config can go back to it.
     let (ok, stdout, stderr) = world
         .signproxy(&[
             "ebay",
@@ -1000,17 +1023,26 @@ async fn create_key_keeps_existing_files_unless_forced_and_rsa_replaces_them() {
         ])
         .await;
     assert!(ok, "{stdout}\n{stderr}");
-    assert!(stdout.contains("(RSA)"), "{stdout}");
+    assert!(stdout.contains("(rsa-v1_5-sha256)"), "{stdout}");
     assert_eq!(
         world.key_requests().last().unwrap().body,
         br#"{"signingKeyCipher":"RSA"}"#
     );
-    let pem = std::fs::read_to_string(&key_path).unwrap();
+    let second_key = world
+        .state
+        .join("ebay.default.signing-key.kid-created-2.pem");
+    let pem = std::fs::read_to_string(&second_key).unwrap();
     assert_eq!(
         common::keys::pem_decode(&pem).unwrap(),
         EbayTestKey::rsa_2048().private_pkcs8_der
     );
-    assert_eq!(mode(&key_path), 0o600);
+    assert_eq!(mode(&second_key), 0o600);
+    assert!(
+        printed_profile_lines(&stdout).contains("kid-created-2.jwe"),
+        "{stdout}"
+    );
+    assert_eq!(std::fs::read(&first_key).unwrap(), first);
+    assert_eq!(std::fs::read_to_string(&first_jwe).unwrap(), CREATED_JWE);
     let leftovers: Vec<_> = std::fs::read_dir(&world.state)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -1038,8 +1070,15 @@ async fn create_key_reports_ebays_refusal_and_writes_nothing() {
         !stderr.contains(APP_TOKEN) && !stderr.contains(CLIENT_SECRET),
         "{stderr}"
     );
-    assert!(!world.state.join("ebay.default.signing-key.pem").exists());
-    assert!(!world.state.join("ebay.default.signing-key.jwe").exists());
+    let written: Vec<_> = std::fs::read_dir(&world.state)
+        .map(|d| d.map(|e| e.unwrap().file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        written
+            .iter()
+            .all(|n| !n.to_string_lossy().contains("signing-key")),
+        "{written:?}"
+    );
 
     // A profile that does not exist, or has no OAuth client, is named before anything is sent.
     world.upstream.clear_requests();
@@ -1063,31 +1102,38 @@ async fn create_key_reports_ebays_refusal_and_writes_nothing() {
 
 #[tokio::test]
 async fn a_profile_without_a_key_refuses_requests_with_the_way_out_and_sends_nothing() {
-    let ca = TestCa::new();
-    let upstream = TestUpstream::start(&ca, Verifier::ebay(EbayTestKey::rfc9421_ed25519().public));
-    let config = test_config(
-        "",
-        "",
-        &format!("[ebay.default]\naccess_token = \"{TOKEN}\"\n"),
-    );
-    let proxy = ProxyHarness::start(&config, &ca, Some(&upstream)).await;
-    let client = reqwest_via_proxy(proxy.addr, &ca.ca_pem());
-    let resp = client
-        .get(format!("http://{API}/sell/finances/v1/payout"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 500);
-    let body = response_json(resp).await;
-    assert_eq!(body["error"]["code"], "signing_failed", "{body}");
-    let message = body["error"]["message"].as_str().unwrap();
-    assert!(
-        message.contains("signproxy ebay create-key --profile default"),
-        "{message}"
-    );
-    assert!(!message.contains(TOKEN));
-    assert_eq!(upstream.connections_accepted(), 0, "nothing reached eBay");
-    proxy.stop().await;
+    // A static token, and managed tokens (which must not cost a grant for a refused request).
+    for credential in [
+        format!("access_token = \"{TOKEN}\"\n"),
+        format!("client_id = \"{CLIENT_ID}\"\nclient_secret = \"{CLIENT_SECRET}\"\n"),
+    ] {
+        let ca = TestCa::new();
+        let upstream =
+            TestUpstream::start(&ca, Verifier::ebay(EbayTestKey::rfc9421_ed25519().public));
+        let config = test_config("", "", &format!("[ebay.default]\n{credential}"));
+        let proxy = ProxyHarness::start(&config, &ca, Some(&upstream)).await;
+        let client = reqwest_via_proxy(proxy.addr, &ca.ca_pem());
+        let resp = client
+            .get(format!("http://{API}/sell/finances/v1/payout"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 500, "{credential}");
+        let body = response_json(resp).await;
+        assert_eq!(body["error"]["code"], "signing_failed", "{body}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("signproxy ebay create-key --profile default"),
+            "{message}"
+        );
+        assert!(!message.contains(TOKEN) && !message.contains(CLIENT_SECRET));
+        assert_eq!(
+            upstream.connections_accepted(),
+            0,
+            "nothing reached eBay ({credential})"
+        );
+        proxy.stop().await;
+    }
 
     // Half a key is a config error that names the missing half.
     for (lines, missing) in [

@@ -751,3 +751,74 @@ async fn amazon_gets_lwa_tokens_and_rdts_from_the_stand_in_in_both_modes() {
     assert_eq!(world.refreshes("amazon.default"), 2.0);
     world.assert_nothing_left_the_machine();
 }
+
+/// `signproxy ebay create-key` under the sandbox: the stand-in makes the key (nothing leaves the
+/// machine), and once the printed lines are in the profile its requests verify against the
+/// stand-in, for both ciphers.
+#[tokio::test]
+async fn create_key_under_the_sandbox_makes_a_key_its_stand_in_then_verifies() {
+    for cipher in ["ed25519", "rsa"] {
+        let ca = TestCa::new();
+        let network = TestUpstream::start(&ca, Verifier::None);
+        let dir = tempfile::tempdir().unwrap();
+        let ca_path = ca.write_ca_pem(dir.path());
+        let config_path = dir.path().join("signproxy.toml");
+        let base = format!(
+            "[proxy]\nstate_dir = {:?}\n\n{}\n[sandbox]\nenabled = true\n\n\
+             [ebay.default]\nclient_id = \"SandboxApp-PRD-1\"\nclient_secret = \"sandbox-secret-77\"\n",
+            dir.path().join("state").to_string_lossy(),
+            network.upstream_toml_section(&ca_path),
+        );
+        std::fs::write(&config_path, &base).unwrap();
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_signproxy"))
+            .args([
+                "ebay",
+                "create-key",
+                "--profile",
+                "default",
+                "--cipher",
+                cipher,
+            ])
+            .arg("--config")
+            .arg(&config_path)
+            .output()
+            .await
+            .unwrap();
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{cipher}: {stdout}\n{stderr}");
+        let lines: String = stdout
+            .lines()
+            .filter(|l| {
+                ["private_key = ", "jwe = ", "key_expires_at = "]
+                    .iter()
+                    .any(|k| l.starts_with(k))
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert_eq!(lines.lines().count(), 3, "{stdout}");
+        assert!(!stdout.contains("sandbox-secret-77"), "{stdout}");
+
+        // The proxy keeps its own state (and CA) in the harness's folder; the key files stay
+        // where create-key wrote them.
+        let state_line = format!(
+            "state_dir = {:?}",
+            dir.path().join("state").to_string_lossy()
+        );
+        let template = format!("{base}{lines}").replace(&state_line, "state_dir = \"@STATE@\"");
+        let proxy = ProxyHarness::start(&template, &ca, Some(&network)).await;
+        let client = reqwest_via_proxy(proxy.addr, &proxy.proxy_ca_pem());
+        let (status, marker, body) = call(
+            &client,
+            reqwest::Method::GET,
+            "https://api.ebay.com/sell/finances/v1/seller_funds_summary",
+            None,
+        )
+        .await;
+        assert_eq!(status, 200, "{cipher}: {body}");
+        assert!(marker.is_some());
+        assert_eq!(body["sandbox"]["verified"], true, "{cipher}: {body}");
+        assert_eq!(network.connections_accepted(), 0, "the sandbox dialled out");
+        proxy.stop().await;
+    }
+}

@@ -16,6 +16,10 @@ use crate::token::store::StoreError;
 /// runs out (the app's answer is bounded by the deadline, the write by the store's timeouts).
 pub const IN_FLIGHT_MARGIN: Duration = Duration::from_secs(10);
 
+/// How long an event waits for the shared store's verdict before it is answered 503 (retry): a
+/// small share of the marketplace's deadline, whatever `[store]`'s own timeouts are.
+pub const REPLAY_CHECK_TIMEOUT: Duration = Duration::from_millis(500);
+
 pub enum ReplayGuard {
     Memory(Mutex<Dedupe>),
     Shared(Shared),
@@ -142,7 +146,10 @@ impl Claim<'_> {
         if accepted {
             lock(&shared.front).accepted(&self.key);
         }
-        // Its own task: a sender hanging up now must not leave the mark half written.
+        // Its own task, so a sender hanging up now cannot leave the mark half written; awaited
+        // briefly, so a replay right after this answer already finds the id settled. A slow
+        // store does not hold the answer longer: the in-flight mark keeps other copies off
+        // until the write lands.
         let task = tokio::spawn(settle_shared(
             Arc::clone(&shared.store),
             Arc::clone(&self.scope),
@@ -150,7 +157,7 @@ impl Claim<'_> {
             self.shared_claim.clone().unwrap_or_default(),
             accepted.then_some(shared.retention),
         ));
-        let _ = task.await;
+        let _ = tokio::time::timeout(REPLAY_CHECK_TIMEOUT, task).await;
     }
 }
 

@@ -34,7 +34,7 @@ use tokio::task::JoinSet;
 use crate::config::{InboundRoute, InboundSettings};
 use crate::marketplace::webhook::Refusal;
 use crate::metrics::Metrics;
-use guard::{Begun, ReplayGuard, IN_FLIGHT_MARGIN};
+use guard::{Begun, ReplayGuard, IN_FLIGHT_MARGIN, REPLAY_CHECK_TIMEOUT};
 pub use keys::{KeyCache, KeyFetch};
 
 /// The header naming the profile that verified an event.
@@ -273,14 +273,22 @@ async fn handle_route(inbound: &Inbound, route: &InboundRoute, req: Request<Inco
         outcome.event_id = Some(event_id.clone());
         outcome
     };
-    let begun = inbound
-        .replay
-        .begin(
+    // The shared store's answer counts against the marketplace's deadline too (TikTok wants
+    // an answer within 3 s): a slow store gets a 503 and the marketplace's retry.
+    let started = std::time::Instant::now();
+    let begun = match tokio::time::timeout(
+        REPLAY_CHECK_TIMEOUT,
+        inbound.replay.begin(
             route.profile.label(),
             &event_id,
             route.deadline + IN_FLIGHT_MARGIN,
-        )
-        .await;
+        ),
+    )
+    .await
+    {
+        Ok(begun) => begun.map_err(|e| e.to_string()),
+        Err(_) => Err(format!("no answer within {REPLAY_CHECK_TIMEOUT:?}")),
+    };
     // Settles the id however this future ends: dropped mid-forward (the sender went away), the
     // id is released so the marketplace's retry is delivered.
     let mut claim = match begun {
@@ -323,7 +331,7 @@ async fn handle_route(inbound: &Inbound, route: &InboundRoute, req: Request<Inco
             .to_bytes();
         Ok::<_, ()>((head, body))
     };
-    match tokio::time::timeout(route.deadline, exchange).await {
+    match tokio::time::timeout(route.deadline.saturating_sub(started.elapsed()), exchange).await {
         Err(_) => {
             claim.settle(false).await;
             with_id(answer(StatusCode::GATEWAY_TIMEOUT, "timeout"))

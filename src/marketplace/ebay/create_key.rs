@@ -46,7 +46,10 @@ impl Tool for CreateKey {
                 Arg::new("force")
                     .long("force")
                     .action(ArgAction::SetTrue)
-                    .help("Replace key files already in the state folder"),
+                    .help(
+                        "Create another key although the state folder holds one create-key made \
+                         for the profile before (its files stay)",
+                    ),
             )
     }
 
@@ -80,34 +83,81 @@ impl Cipher {
     }
 }
 
-/// The answer's fields signproxy uses (`publicKey` and `creationTime` are not needed).
+/// The answer's fields signproxy uses (`publicKey` and `creationTime` are not needed). Read
+/// leniently: once eBay made the key, only a missing private key or JWE may stop the run.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct SigningKey {
-    signing_key_id: String,
+    signing_key_id: Option<String>,
     private_key: Option<String>,
-    jwe: String,
-    expiration_time: Option<u64>,
+    jwe: Option<String>,
+    expiration_time: Option<serde_json::Value>,
+}
+
+/// The last second `httpdate` (and a person) can read: a larger value is no Unix time in seconds.
+pub const LATEST_EXPIRY: u64 = 253_402_300_799;
+
+impl SigningKey {
+    /// `expirationTime` in Unix seconds, when it is one.
+    fn expires_at(&self) -> Option<u64> {
+        let at = match self.expiration_time.as_ref()? {
+            serde_json::Value::Number(n) => n.as_u64(),
+            serde_json::Value::String(s) => s.trim().parse().ok(),
+            _ => None,
+        }?;
+        (at <= LATEST_EXPIRY).then_some(at)
+    }
+
+    /// The key id as a file name part: eBay's id when it is plain, else a digest of it.
+    fn file_id(&self) -> String {
+        let id = self.signing_key_id.as_deref().unwrap_or_default();
+        let plain = !id.is_empty()
+            && id.len() <= 64
+            && id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if plain {
+            id.to_owned()
+        } else {
+            use sha2::{Digest as _, Sha256};
+            let digest = Sha256::digest(self.jwe.as_deref().unwrap_or_default());
+            hex::encode(&digest[..8])
+        }
+    }
+}
+
+/// Files of keys create-key made for `profile` earlier: `PROFILE.signing-key.ID.pem`.
+fn earlier_keys(state_dir: &Path, profile: &str) -> Vec<PathBuf> {
+    let prefix = format!("{profile}.signing-key.");
+    let Ok(entries) = fs::read_dir(state_dir) else {
+        return Vec::new();
+    };
+    let mut found: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".pem"))
+        })
+        .collect();
+    found.sort();
+    found
 }
 
 async fn create_key(cx: ToolContext<'_>, cipher: Cipher, force: bool) -> Result<String, String> {
-    let key_path = cx.state_dir.join(format!("{}.signing-key.pem", cx.profile));
-    let jwe_path = cx.state_dir.join(format!("{}.signing-key.jwe", cx.profile));
-    // Before eBay makes a key: a key made and then not written would be lost for good.
-    if !force {
-        for path in [&key_path, &jwe_path] {
-            if path.exists() {
-                return Err(format!(
-                    "{} exists and may hold the key [{}] signs with: pass --force to replace it \
-                     (requests signed with the old key fail once the config uses the new one)",
-                    path.display(),
-                    cx.profile
-                ));
-            }
-        }
+    // Checked before eBay makes a key: a key made and then not kept would be lost for good.
+    let earlier = earlier_keys(cx.state_dir, cx.profile);
+    if let (Some(last), false) = (earlier.last(), force) {
+        return Err(format!(
+            "{} holds a signing key create-key made for [{}] before: pass --force to create \
+             another (earlier key files are never overwritten, so the config can go back to them)",
+            last.display(),
+            cx.profile
+        ));
     }
-    let token = application_token(&cx).await?;
-    let host = if cx.hosts.iter().all(|h| h.contains(".sandbox.")) {
+    let (token, sandbox) = application_token(&cx).await?;
+    let host = if sandbox {
         "apiz.sandbox.ebay.com"
     } else {
         "apiz.ebay.com"
@@ -118,8 +168,15 @@ async fn create_key(cx: ToolContext<'_>, cipher: Cipher, force: bool) -> Result<
         .exchange(request, "eBay's Key Management API")
         .await?;
     if !status.is_success() {
+        let hint = match (status.as_u16(), cx.token) {
+            (401 | 403, TokenSource::Static(_)) => {
+                " (the Key Management API takes an application token: give the profile \
+                 client_id and client_secret instead of access_token)"
+            }
+            _ => "",
+        };
         return Err(format!(
-            "eBay's Key Management API refused to create a key (HTTP {}): {}",
+            "eBay's Key Management API refused to create a key (HTTP {}): {}{hint}",
             status.as_u16(),
             ebay_error(&body)
         ));
@@ -131,38 +188,55 @@ async fn create_key(cx: ToolContext<'_>, cipher: Cipher, force: bool) -> Result<
         "eBay's Key Management API answered without a privateKey: it returns one only when a key \
          is created; create another",
     )?;
+    let jwe = created
+        .jwe
+        .as_deref()
+        .map(str::trim)
+        .filter(|j| !j.is_empty())
+        .ok_or("eBay's Key Management API answered without a jwe")?
+        .to_owned();
     let pem = Zeroizing::new(pem_of(&private_key));
     let key = load_private_key(&pem).map_err(|e| {
         format!("the privateKey eBay returned does not load ({e}); nothing was written")
     })?;
-    let expected = match cipher {
-        Cipher::Ed25519 => "ed25519",
-        Cipher::Rsa => "rsa",
+    let stem = format!("{}.signing-key.{}", cx.profile, created.file_id());
+    let absolute = |name: String| {
+        let path = cx.state_dir.join(name);
+        std::path::absolute(&path).unwrap_or(path)
     };
-    if !key.algorithm().starts_with(expected) {
-        return Err(format!(
-            "eBay returned a {} key where {} was asked for; nothing was written",
-            key.algorithm(),
-            cipher.wire()
+    let key_path = absolute(format!("{stem}.pem"));
+    let jwe_path = absolute(format!("{stem}.jwe"));
+    write_private(&key_path, pem.as_bytes())?;
+    write_private(&jwe_path, jwe.as_bytes())?;
+    let mut out = report(&cx, &created, key.algorithm(), &key_path, &jwe_path);
+    if !key
+        .algorithm()
+        .starts_with(&cipher.wire().to_ascii_lowercase())
+    {
+        out.push_str(&format!(
+            "\nNote: {} was asked for, and eBay made a {} key.\n",
+            cipher.wire(),
+            key.algorithm()
         ));
     }
-    if created.jwe.trim().is_empty() {
-        return Err("eBay's Key Management API answered without a jwe".to_owned());
-    }
-    write_private(&key_path, pem.as_bytes(), force)?;
-    write_private(&jwe_path, created.jwe.trim().as_bytes(), force)?;
-    Ok(report(&cx, &created, cipher, &key_path, &jwe_path))
+    Ok(out)
 }
 
-/// The profile's static token as it is, or a fresh application token (client credentials).
-async fn application_token(cx: &ToolContext<'_>) -> Result<Secret, String> {
+/// The profile's static token as it is, or a fresh application token (client credentials); and
+/// whether it is for eBay's Sandbox (by the token endpoint's host, else the profile's hosts).
+async fn application_token(cx: &ToolContext<'_>) -> Result<(Secret, bool), String> {
+    let sandbox_hosts = cx.hosts.iter().all(|h| h.contains(".sandbox."));
     match cx.token {
-        TokenSource::Static(token) => Ok(token.clone()),
+        TokenSource::Static(token) => Ok((token.clone(), sandbox_hosts)),
         TokenSource::Managed(endpoint) => {
             let request = endpoint
                 .application_grant_request(cx.now)
                 .ok_or("the profile's token endpoint grants no application tokens")?
                 .map_err(|e| e.to_string())?;
+            let sandbox = request
+                .uri()
+                .host()
+                .is_some_and(|h| h.contains(".sandbox."));
             let (status, body) = cx
                 .upstream
                 .exchange(request, "eBay's token endpoint")
@@ -170,7 +244,7 @@ async fn application_token(cx: &ToolContext<'_>) -> Result<Secret, String> {
             let grant = endpoint
                 .parse_grant(status, &body, cx.now)
                 .map_err(|e| format!("no application token for the Key Management API: {e}"))?;
-            Ok(grant.access_token)
+            Ok((grant.access_token, sandbox))
         }
         TokenSource::None => Err(format!(
             "[{}] has no credentials for eBay: add client_id and client_secret (the Key \
@@ -197,7 +271,7 @@ fn key_request(host: &str, token: &Secret, cipher: Cipher) -> Result<Request<Byt
         .map_err(|e| format!("cannot build the Key Management request: {e}"))
 }
 
-/// eBay's `errors[]` in a refusal, as `errorId message` lines; the raw start of anything else.
+/// eBay's `errors[]` in a refusal, as `errorId message` lines; of anything else, its size.
 fn ebay_error(body: &[u8]) -> String {
     #[derive(Deserialize)]
     struct Errors {
@@ -224,15 +298,9 @@ fn ebay_error(body: &[u8]) -> String {
             })
             .collect::<Vec<_>>()
             .join("; "),
-        _ => {
-            let text = String::from_utf8_lossy(body);
-            let shown: String = text.chars().take(200).collect();
-            if shown.trim().is_empty() {
-                "(empty answer)".to_owned()
-            } else {
-                crate::secret::without_quoted_strings(shown.trim())
-            }
-        }
+        // Not eBay's envelope (a gateway's page, say): not shown, it may echo the request.
+        _ if body.is_empty() => "(empty answer)".to_owned(),
+        _ => format!("(an answer of {} bytes that is not eBay's JSON)", body.len()),
     }
 }
 
@@ -256,41 +324,38 @@ fn pem_of(base64: &str) -> String {
     pem
 }
 
-/// Writes `bytes` to `path` with mode 0600, whole or not at all: a temporary file beside it,
-/// then a rename (`force`) or a hard link that fails if `path` appeared meanwhile.
-fn write_private(path: &Path, bytes: &[u8], force: bool) -> Result<(), String> {
+/// Writes `bytes` to a new file `path` with mode 0600, whole or not at all: a temporary file
+/// beside it, then a hard link that fails if `path` exists. Where hard links are not supported,
+/// the file is created in place (still never over an existing one).
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), String> {
     let fail = |e: std::io::Error| format!("cannot write {}: {e}", path.display());
+    let create = |at: &Path| {
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(at)
+            .and_then(|mut file| {
+                file.write_all(bytes)?;
+                file.sync_all()
+            })
+    };
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let temporary = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
-    // A leftover of an earlier run that died between create and link.
+    // A leftover of an earlier run of this process id that died between create and link.
     let _ = fs::remove_file(&temporary);
-    let written = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&temporary)
-        .and_then(|mut file| {
-            file.write_all(bytes)?;
-            file.sync_all()
-        })
-        .and_then(|()| {
-            if force {
-                fs::rename(&temporary, path)
-            } else {
-                fs::hard_link(&temporary, path)
-            }
-        });
-    // Gone after a rename already; after a link or a failure, only the temporary name goes.
+    let linked = create(&temporary).and_then(|()| fs::hard_link(&temporary, path));
     let _ = fs::remove_file(&temporary);
-    match written {
+    match linked {
         Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(format!(
-            "{} exists: pass --force to replace it",
-            path.display()
-        )),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            Err(format!("{} exists: it is left as it is", path.display()))
+        }
+        // EPERM or EOPNOTSUPP: a file system without hard links (vfat, some network mounts).
+        Err(e) if matches!(e.raw_os_error(), Some(1 | 95)) => create(path).map_err(fail),
         Err(e) => Err(fail(e)),
     }
 }
@@ -298,12 +363,13 @@ fn write_private(path: &Path, bytes: &[u8], force: bool) -> Result<(), String> {
 fn report(
     cx: &ToolContext<'_>,
     created: &SigningKey,
-    cipher: Cipher,
+    algorithm: &str,
     key_path: &Path,
     jwe_path: &Path,
 ) -> String {
-    let toml_path = |p: &PathBuf| toml::Value::String(p.display().to_string()).to_string();
-    let expiry = match created.expiration_time {
+    let toml_path = |p: &Path| toml::Value::String(p.display().to_string()).to_string();
+    let expires_at = created.expires_at();
+    let expiry = match expires_at {
         Some(at) => format!(
             ", valid until {}",
             httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(at))
@@ -311,7 +377,7 @@ fn report(
         None => String::new(),
     };
     let mut out = format!(
-        "Created eBay signing key {} ({}){expiry}.\n\
+        "Created eBay signing key {} ({algorithm}){expiry}.\n\
          Wrote the private key to {} and its JWE to {} (mode 0600).\n\
          eBay keeps no copy of the private key: back the file up, or create a new key if it is \
          lost.\n\n\
@@ -319,15 +385,14 @@ fn report(
          restart signproxy or send it SIGHUP:\n\n\
          private_key = {{ file = {} }}\n\
          jwe = {{ file = {} }}\n",
-        created.signing_key_id,
-        cipher.wire(),
+        created.signing_key_id.as_deref().unwrap_or("(no id given)"),
         key_path.display(),
         jwe_path.display(),
         cx.profile,
-        toml_path(&key_path.to_path_buf()),
-        toml_path(&jwe_path.to_path_buf()),
+        toml_path(key_path),
+        toml_path(jwe_path),
     );
-    if let Some(at) = created.expiration_time {
+    if let Some(at) = expires_at {
         out.push_str(&format!("key_expires_at = {at}\n"));
     }
     out
@@ -360,26 +425,39 @@ mod tests {
     }
 
     #[test]
-    fn files_are_private_and_kept_unless_forced() {
+    fn files_are_private_and_never_replaced() {
         use std::os::unix::fs::PermissionsExt as _;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("k.pem");
-        write_private(&path, b"one", false).unwrap();
+        write_private(&path, b"one").unwrap();
         assert_eq!(
             fs::metadata(&path).unwrap().permissions().mode() & 0o777,
             0o600
         );
-        let err = write_private(&path, b"two", false).unwrap_err();
-        assert!(err.contains("--force"), "{err}");
+        let err = write_private(&path, b"two").unwrap_err();
+        assert!(err.contains("exists"), "{err}");
         assert_eq!(fs::read(&path).unwrap(), b"one");
-        write_private(&path, b"two", true).unwrap();
-        assert_eq!(fs::read(&path).unwrap(), b"two");
-        assert_eq!(
-            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
-            0o600
-        );
         // No temporary file is left behind.
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn odd_answers_still_give_a_file_name_and_an_expiry_only_when_it_is_one() {
+        let answer = |json: &str| serde_json::from_str::<SigningKey>(json).unwrap();
+        let plain =
+            answer(r#"{"signingKeyId":"a1-B2_c3","jwe":"j","expirationTime":"1891900800"}"#);
+        assert_eq!(plain.file_id(), "a1-B2_c3");
+        assert_eq!(plain.expires_at(), Some(1_891_900_800));
+        let odd =
+            answer(r#"{"signingKeyId":"../../etc/x","jwe":"j","expirationTime":1891900800000}"#);
+        assert_eq!(odd.file_id().len(), 16);
+        assert!(odd.file_id().chars().all(|c| c.is_ascii_hexdigit()));
+        assert_eq!(
+            odd.expires_at(),
+            None,
+            "milliseconds are no Unix time in seconds"
+        );
+        assert_eq!(answer(r#"{"expirationTime":1.5}"#).expires_at(), None);
     }
 
     #[test]

@@ -79,6 +79,16 @@ impl Marketplace for Ebay {
         let raw: RawEbay = cx.parse(table)?;
         let signing = match (&raw.private_key, &raw.jwe) {
             (Some(private_key), Some(jwe)) => {
+                if raw
+                    .key_expires_at
+                    .is_some_and(|at| at > create_key::LATEST_EXPIRY)
+                {
+                    return Err(ProfileError::new(
+                        "key_expires_at",
+                        "is past the year 9999: give eBay's expirationTime in Unix seconds, not \
+                         milliseconds",
+                    ));
+                }
                 let key_text = cx.secret("private_key", private_key)?;
                 let key = load_private_key(key_text.expose())
                     .map_err(|e| ProfileError::new("private_key", e.to_string()))?;
@@ -204,7 +214,7 @@ impl Marketplace for Ebay {
             }),
             None => {
                 cx.warn(format!(
-                    "[ebay.{name}] has no signing key yet: its requests are refused until \
+                    "no signing key yet: its requests are refused until \
                      `signproxy ebay create-key --profile {name}` makes one",
                     name = cx.name
                 ));

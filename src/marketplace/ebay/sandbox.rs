@@ -18,6 +18,10 @@ use crate::marketplace::{SandboxAnswer, SandboxContext, SandboxRequest, StandIn}
 use crate::secret::{constant_time_eq, Secret};
 
 const DEFAULT_TOKEN_PATH: &str = "/identity/v1/oauth2/token";
+/// eBay's Key Management API: `POST` makes a signing key.
+const KEY_MANAGEMENT_PATH: &str = "/developer/key_management/v1/signing_key";
+/// eBay keys last three years.
+const KEY_LIFETIME_SECS: u64 = 94_608_000;
 /// eBay's tokens look like `v^1.1#i^1#...`: the characters that need form-encoding included.
 const ACCESS_PREFIX: &str = "v^1.1#i^1#sandbox#";
 const REFRESH_PREFIX: &str = "v^1.1#i^1#sandboxrt#";
@@ -114,7 +118,12 @@ impl StandIn for EbayStandIn {
         if self.is_token_request(req) {
             return self.grant(req, cx);
         }
-        match self.api(req, cx) {
+        let reply = if req.path == KEY_MANAGEMENT_PATH && req.method == Method::POST {
+            self.create_signing_key(req, cx)
+        } else {
+            self.api(req, cx)
+        };
+        match reply {
             Ok(body) => SandboxAnswer::new(StatusCode::OK, body),
             Err(e) => SandboxAnswer::new(
                 e.status,
@@ -129,6 +138,42 @@ impl StandIn for EbayStandIn {
         }
     }
 }
+
+/// The operating system's randomness (through ring) for the `rsa` crate's key generation.
+struct SystemRng(ring::rand::SystemRandom);
+
+impl rsa::rand_core::RngCore for SystemRng {
+    fn next_u32(&mut self) -> u32 {
+        let mut bytes = [0u8; 4];
+        self.fill_bytes(&mut bytes);
+        u32::from_le_bytes(bytes)
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        let mut bytes = [0u8; 8];
+        self.fill_bytes(&mut bytes);
+        u64::from_le_bytes(bytes)
+    }
+
+    fn fill_bytes(&mut self, dest: &mut [u8]) {
+        // This method cannot fail; the system's randomness fails only before it is seeded at
+        // boot, so waiting for it is the honest answer.
+        while self.try_fill_bytes(dest).is_err() {
+            std::thread::yield_now();
+        }
+    }
+
+    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), rsa::rand_core::Error> {
+        ring::rand::SecureRandom::fill(&self.0, dest).map_err(|_| {
+            rsa::rand_core::Error::from(
+                std::num::NonZeroU32::new(rsa::rand_core::Error::CUSTOM_START)
+                    .unwrap_or(std::num::NonZeroU32::MIN),
+            )
+        })
+    }
+}
+
+impl rsa::rand_core::CryptoRng for SystemRng {}
 
 /// One of eBay's errors.
 struct Refusal {
@@ -180,6 +225,64 @@ impl EbayStandIn {
             );
         }
         Ok(body)
+    }
+
+    /// eBay's Key Management API, offline (`signproxy ebay create-key` under the sandbox): a
+    /// key made now, for an access token this sandbox granted. It is verified later only if the
+    /// config takes it up, as with eBay.
+    fn create_signing_key(
+        &self,
+        req: &SandboxRequest,
+        cx: &SandboxContext<'_>,
+    ) -> Result<Value, Refusal> {
+        self.check_token(req, cx)?;
+        let asked: Value = serde_json::from_slice(&req.body).unwrap_or(Value::Null);
+        let cipher = asked["signingKeyCipher"].as_str().unwrap_or_default();
+        let unmade = |why: &str| {
+            refuse(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                35_001,
+                "Internal error",
+                format!("the sandbox could not make the key: {why}"),
+            )
+        };
+        let random = ring::rand::SystemRandom::new();
+        let der = match cipher {
+            "ED25519" => ring::signature::Ed25519KeyPair::generate_pkcs8(&random)
+                .map_err(|_| unmade("no randomness"))?
+                .as_ref()
+                .to_vec(),
+            "RSA" => {
+                use rsa::pkcs8::EncodePrivateKey as _;
+                let key = rsa::RsaPrivateKey::new(&mut SystemRng(random.clone()), 2048)
+                    .map_err(|e| unmade(&e.to_string()))?;
+                key.to_pkcs8_der()
+                    .map_err(|e| unmade(&e.to_string()))?
+                    .as_bytes()
+                    .to_vec()
+            }
+            _ => {
+                return Err(refuse(
+                    StatusCode::BAD_REQUEST,
+                    35_002,
+                    "Invalid signingKeyCipher",
+                    "signingKeyCipher must be ED25519 or RSA",
+                ))
+            }
+        };
+        let mut id = [0u8; 8];
+        let mut jwe = [0u8; 24];
+        ring::rand::SecureRandom::fill(&random, &mut id).map_err(|_| unmade("no randomness"))?;
+        ring::rand::SecureRandom::fill(&random, &mut jwe).map_err(|_| unmade("no randomness"))?;
+        let now = cx.now.secs();
+        Ok(json!({
+            "creationTime": now,
+            "expirationTime": now + KEY_LIFETIME_SECS,
+            "jwe": format!("sandbox-jwe.{}", hex::encode(jwe)),
+            "privateKey": STANDARD.encode(der),
+            "signingKeyCipher": cipher,
+            "signingKeyId": format!("sandbox-{}", hex::encode(id)),
+        }))
     }
 
     /// The token where eBay looks for it: Trading's header, Post-Order's `IAF`, else `Bearer`.

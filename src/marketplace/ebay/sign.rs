@@ -56,8 +56,9 @@ impl Sign for Keyless {
         "eBay RFC 9421 (no signing key yet: `signproxy ebay create-key` makes one)".to_owned()
     }
 
-    fn token_need(&self, head: &RequestHead) -> TokenNeed {
-        token_need(head)
+    /// None: a request it refuses must not cost a token grant first.
+    fn token_need(&self, _head: &RequestHead) -> TokenNeed {
+        TokenNeed::None
     }
 
     fn sign(&self, input: SignInput<'_>) -> Result<RequestHead, SignError> {
