@@ -530,8 +530,15 @@ async fn serve(path: PathBuf, config: Arc<Config>, sandbox_flag: bool) -> Result
         .collect();
     let proxy = Proxy::new(Arc::clone(&config), Arc::new(Metrics::new()), own_addresses)
         .map_err(|e| e.to_string())?;
+    // Filled as the inbound listeners start; a reload hands each its new settings.
+    let inbound_running: InboundListeners = Arc::default();
     // Before the listening line: whoever waits for it may send SIGHUP at once.
-    tokio::spawn(reload_on_sighup(proxy.clone(), path, sandbox_flag));
+    tokio::spawn(reload_on_sighup(
+        proxy.clone(),
+        path,
+        sandbox_flag,
+        Arc::clone(&inbound_running),
+    ));
     let local = |l: &TcpListener| l.local_addr().map(|a| a.to_string()).unwrap_or_default();
     tracing::info!(
         listen = %listen_addr,
@@ -587,14 +594,15 @@ async fn serve(path: PathBuf, config: Arc<Config>, sandbox_flag: bool) -> Result
             dedupe = inbound.dedupe_backend(),
             "inbound webhooks listening"
         );
+        let inbound = Arc::new(inbound);
+        match inbound_running.lock() {
+            Ok(mut running) => running.push(Arc::clone(&inbound)),
+            Err(poisoned) => poisoned.into_inner().push(Arc::clone(&inbound)),
+        }
         let mut stopped = stopped_rx.clone();
-        tokio::spawn(crate::inbound::serve(
-            listener,
-            Arc::new(inbound),
-            async move {
-                let _ = stopped.wait_for(|s| *s).await;
-            },
-        ));
+        tokio::spawn(crate::inbound::serve(listener, inbound, async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        }));
     }
     tokio::spawn(obtain_missing_tokens(proxy.clone()));
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -719,6 +727,7 @@ fn reload_on_sighup(
     proxy: Proxy,
     path: PathBuf,
     sandbox: bool,
+    inbound: InboundListeners,
 ) -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
@@ -732,8 +741,14 @@ fn reload_on_sighup(
                 }
             };
             while hangups.recv().await.is_some() {
-                let reloaded = load_for_run(&path, sandbox)
-                    .and_then(|config| proxy.reload(Arc::new(config)).map_err(|e| e.to_string()));
+                let reloaded = load_for_run(&path, sandbox).and_then(|config| {
+                    let config = Arc::new(config);
+                    let mut notes = proxy
+                        .reload(Arc::clone(&config))
+                        .map_err(|e| e.to_string())?;
+                    notes.extend(reload_inbound(&inbound, &config));
+                    Ok(notes)
+                });
                 match reloaded {
                     Ok(notes) => {
                         proxy.metrics().config_reload(Outcome::Success);
@@ -751,8 +766,30 @@ fn reload_on_sighup(
             }
         }
         #[cfg(not(unix))]
-        let _ = (proxy, path, sandbox);
+        let _ = (proxy, path, sandbox, inbound);
     }
+}
+
+/// The running inbound listeners, for reloads.
+type InboundListeners = Arc<std::sync::Mutex<Vec<Arc<crate::inbound::Inbound>>>>;
+
+/// Hands each running inbound listener its settings from `config` (by listener name).
+fn reload_inbound(running: &InboundListeners, config: &Config) -> Vec<String> {
+    let running = match running.lock() {
+        Ok(r) => r.clone(),
+        Err(poisoned) => poisoned.into_inner().clone(),
+    };
+    let mut notes = Vec::new();
+    for listener in running {
+        let name = listener.settings().name.clone();
+        match config.inbound.iter().find(|i| i.name == name) {
+            Some(new) => notes.extend(listener.reload(Arc::new(new.clone()))),
+            None => notes.push(format!(
+                "[inbound.{name}] was removed: it keeps serving until the next restart"
+            )),
+        }
+    }
+    notes
 }
 
 /// Resolves on SIGINT or SIGTERM.

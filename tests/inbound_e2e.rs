@@ -974,3 +974,94 @@ async fn an_https_app_gets_the_verified_event_and_its_answer_is_relayed() {
     assert_eq!(seen[0].body.as_ref(), TT_BODY.as_bytes());
     assert_eq!(seen[0].headers["x-signproxy-verified"], "tiktok.default");
 }
+
+/// SIGHUP re-reads the inbound routes like the rest of the config: a rotated app secret
+/// verifies from then on (the old one is refused), and a new `forward_to` receives the events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_applies_a_rotated_secret_and_a_new_forward_to() {
+    const OLD_SECRET: &str = "sighup-old-secret-4d2a";
+    const NEW_SECRET: &str = "sighup-new-secret-9b7f";
+    let (old_app, old_addr) = App::start().await;
+    let (new_app, new_addr) = App::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let inbound_port = free_port();
+    let proxy_port = free_port();
+    let config = |secret: &str, app: SocketAddr| {
+        format!(
+            "[proxy]\nlisten = \"127.0.0.1:{proxy_port}\"\nstate_dir = \"{state}\"\n\n\
+             [tiktok.default]\napp_key = \"{TT_KEY}\"\napp_secret = \"{secret}\"\n\n\
+             [inbound.hooks]\nlisten = \"127.0.0.1:{inbound_port}\"\nforward_to = \"http://{app}/\"\n\n\
+             [[inbound.hooks.routes]]\npath = \"/webhooks/tiktok\"\nprofile = \"tiktok.default\"\n",
+            state = dir.path().join("state").display(),
+        )
+    };
+    let live = dir.path().join("signproxy.toml");
+    let old = dir.path().join("old.toml");
+    std::fs::write(&live, config(OLD_SECRET, old_addr)).unwrap();
+    std::fs::write(&old, config(OLD_SECRET, old_addr)).unwrap();
+    let bin = env!("CARGO_BIN_EXE_signproxy");
+    let run = Child(
+        std::process::Command::new(bin)
+            .args(["run", "--config"])
+            .arg(&live)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while tokio::net::TcpStream::connect(("127.0.0.1", inbound_port))
+        .await
+        .is_err()
+    {
+        assert!(std::time::Instant::now() < deadline, "no listener");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // `webhook send` signs with the secret of the config it reads.
+    fn send(config: &std::path::Path) -> String {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_signproxy"))
+            .args(["webhook", "send", "--profile", "tiktok.default", "--config"])
+            .arg(config)
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap()
+    }
+    let (live_c, old_c) = (live.clone(), old.clone());
+    let first = tokio::task::spawn_blocking(move || send(&old_c))
+        .await
+        .unwrap();
+    assert!(first.contains("-> 200"), "{first}");
+    assert_eq!(old_app.seen().len(), 1);
+
+    std::fs::write(&live, config(NEW_SECRET, new_addr)).unwrap();
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &run.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    // Until the reload lands, the new secret is refused (and nothing is recorded).
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let c = live_c.clone();
+        let out = tokio::task::spawn_blocking(move || send(&c)).await.unwrap();
+        if out.contains("-> 200") {
+            break;
+        }
+        assert!(out.contains("-> 401"), "{out}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the reload never applied"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(new_app.seen().len(), 1, "the new forward_to got the event");
+    assert_eq!(
+        new_app.seen()[0].headers["x-signproxy-verified"],
+        "tiktok.default"
+    );
+    let stale = tokio::task::spawn_blocking(move || send(&old))
+        .await
+        .unwrap();
+    assert!(stale.contains("-> 401"), "the rotated-out secret: {stale}");
+    assert_eq!(old_app.seen().len(), 1, "nothing more reached the old app");
+}

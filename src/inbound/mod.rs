@@ -59,7 +59,8 @@ pub enum InboundError {
 
 /// One listener's shared state.
 pub struct Inbound {
-    settings: Arc<InboundSettings>,
+    /// Replaced by [`Inbound::reload`]; each request reads it once.
+    settings: std::sync::RwLock<Arc<InboundSettings>>,
     metrics: Arc<Metrics>,
     replay: ReplayGuard,
     client: AppClient,
@@ -90,7 +91,7 @@ impl Inbound {
             .build(connector);
         Ok(Inbound {
             replay: ReplayGuard::memory(settings.dedupe_capacity),
-            settings,
+            settings: std::sync::RwLock::new(settings),
             metrics,
             client,
             keys,
@@ -102,12 +103,44 @@ impl Inbound {
         mut self,
         store: Arc<crate::token::redis_store::RedisStore>,
     ) -> Inbound {
-        self.replay = ReplayGuard::shared(
-            store,
-            self.settings.dedupe_capacity,
-            self.settings.dedupe_retention,
-        );
+        let settings = self.settings();
+        self.replay =
+            ReplayGuard::shared(store, settings.dedupe_capacity, settings.dedupe_retention);
         self
+    }
+
+    /// The settings requests are served by now.
+    pub fn settings(&self) -> Arc<InboundSettings> {
+        match self.settings.read() {
+            Ok(s) => Arc::clone(&s),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    /// Serves later requests by `new` (routes, secrets, `forward_to`, limits, deadlines), and
+    /// says what only a restart applies.
+    pub fn reload(&self, new: Arc<InboundSettings>) -> Vec<String> {
+        let old = self.settings();
+        let mut notes = Vec::new();
+        let name = &old.name;
+        if old.listen != new.listen {
+            notes.push(format!(
+                "inbound.{name}.listen changed: it takes effect at the next restart"
+            ));
+        }
+        if (old.dedupe_capacity, old.dedupe_retention)
+            != (new.dedupe_capacity, new.dedupe_retention)
+        {
+            notes.push(format!(
+                "inbound.{name}.dedupe_capacity or dedupe_retention_secs changed: it takes effect \
+                 at the next restart"
+            ));
+        }
+        match self.settings.write() {
+            Ok(mut s) => *s = new,
+            Err(poisoned) => *poisoned.into_inner() = new,
+        }
+        notes
     }
 
     /// Where event ids are de-duplicated: `memory` or `redis`.
@@ -191,19 +224,20 @@ async fn handle(inbound: &Inbound, req: Request<Incoming>) -> Response<Full<Byte
     let started = Instant::now();
     let path = req.uri().path().to_owned();
     let method = req.method().clone();
-    let route = inbound.settings.routes.iter().find(|r| r.path == path);
+    let settings = inbound.settings();
+    let route = settings.routes.iter().find(|r| r.path == path);
     let result = match route {
-        Some(route) => handle_route(inbound, route, req).await,
+        Some(route) => handle_route(inbound, &settings, route, req).await,
         None => answer(StatusCode::NOT_FOUND, "no_route"),
     };
     let profile = route.map_or("-", |r| r.profile.label());
     let status = result.response.status().as_u16();
     inbound
         .metrics
-        .inbound(&inbound.settings.name, profile, result.outcome);
+        .inbound(&settings.name, profile, result.outcome);
     tracing::info!(
         target: "signproxy::inbound",
-        listener = %inbound.settings.name,
+        listener = %settings.name,
         method = %method,
         path = %path,
         profile = profile,
@@ -216,7 +250,12 @@ async fn handle(inbound: &Inbound, req: Request<Incoming>) -> Response<Full<Byte
     result.response
 }
 
-async fn handle_route(inbound: &Inbound, route: &InboundRoute, req: Request<Incoming>) -> Outcome {
+async fn handle_route(
+    inbound: &Inbound,
+    settings: &InboundSettings,
+    route: &InboundRoute,
+    req: Request<Incoming>,
+) -> Outcome {
     let verifier = &route.verifier;
     if let Some(own) = verifier.self_answer(req.method(), req.uri().query()) {
         let mut response = Response::new(Full::new(Bytes::from(own.body)));
@@ -236,7 +275,7 @@ async fn handle_route(inbound: &Inbound, route: &InboundRoute, req: Request<Inco
         return answer(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
     }
     let (parts, body) = req.into_parts();
-    let limit = usize::try_from(inbound.settings.max_body_bytes).unwrap_or(usize::MAX);
+    let limit = usize::try_from(settings.max_body_bytes).unwrap_or(usize::MAX);
     let body =
         match tokio::time::timeout(BODY_READ_TIMEOUT, Limited::new(body, limit).collect()).await {
             Ok(Ok(collected)) => collected.to_bytes(),
@@ -256,7 +295,7 @@ async fn handle_route(inbound: &Inbound, route: &InboundRoute, req: Request<Inco
             match keys.get(route, &kid).await {
                 Ok(key) => Some(key),
                 Err(e) => {
-                    tracing::warn!(target: "signproxy::inbound", listener = %inbound.settings.name, profile = %route.profile.label(), kid = %kid, error = %e, "cannot fetch the webhook signing key");
+                    tracing::warn!(target: "signproxy::inbound", listener = %settings.name, profile = %route.profile.label(), kid = %kid, error = %e, "cannot fetch the webhook signing key");
                     return answer(StatusCode::INTERNAL_SERVER_ERROR, "key_unavailable");
                 }
             }
@@ -301,7 +340,7 @@ async fn handle_route(inbound: &Inbound, route: &InboundRoute, req: Request<Inco
         // Unknown whether the app has it: never forwarded, never acknowledged; the
         // marketplace retries until the store answers again.
         Err(e) => {
-            tracing::warn!(target: "signproxy::inbound", listener = %inbound.settings.name, profile = %route.profile.label(), event_id = %event_id, error = %e, "cannot check the event id in the shared store; answering 503 so the marketplace retries");
+            tracing::warn!(target: "signproxy::inbound", listener = %settings.name, profile = %route.profile.label(), event_id = %event_id, error = %e, "cannot check the event id in the shared store; answering 503 so the marketplace retries");
             return with_id(answer(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "dedupe_unavailable",
@@ -309,7 +348,7 @@ async fn handle_route(inbound: &Inbound, route: &InboundRoute, req: Request<Inco
         }
     };
     let forwarded = forward_request(
-        &inbound.settings.forward_to,
+        &settings.forward_to,
         &parts.uri,
         &parts.headers,
         verifier.signature_headers(),

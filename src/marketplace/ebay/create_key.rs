@@ -300,7 +300,10 @@ fn ebay_error(body: &[u8]) -> String {
             .join("; "),
         // Not eBay's envelope (a gateway's page, say): not shown, it may echo the request.
         _ if body.is_empty() => "(empty answer)".to_owned(),
-        _ => format!("(an answer of {} bytes that is not eBay's JSON)", body.len()),
+        _ => format!(
+            "(an answer of {} bytes that is not eBay's JSON)",
+            body.len()
+        ),
     }
 }
 
