@@ -1,7 +1,7 @@
-//! The client side: pooled, keep-alive hyper clients over rustls (web roots + `ca_file`),
-//! dialling through `connect_to` overrides while keeping Host, SNI and certificate checks. One
-//! client serves marketplace hosts; the other (passthrough) dials only what the egress guard
-//! let through. Under `run --sandbox` the marketplace side is answered by the [`Sandbox`].
+//! The client side: keep-alive HTTP/1 connections over rustls (web roots + `ca_file`), pooled
+//! per worker ([`pool`]), dialling through `connect_to` overrides while keeping Host, SNI and
+//! certificate checks. One set of pools serves marketplace hosts; the other (passthrough) dials
+//! only what the egress guard let through. Under `run --sandbox` the marketplace side is answered by the [`Sandbox`].
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -15,12 +15,9 @@ use bytes::Bytes;
 use http::{Request, Response, Uri};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 
 use crate::config::UpstreamSettings;
 use crate::egress::{find_denied, EgressDenied, EgressError, EgressPolicy};
@@ -45,7 +42,9 @@ pub enum UpstreamError {
     Denied(EgressDenied),
 }
 
-type HttpsClient = Client<HttpsConnector<Dialer>, UpstreamBody>;
+pub mod pool;
+
+use pool::Pool;
 
 std::thread_local! {
     /// Which worker's pools this thread uses (see [`Upstream::new`]); other threads share one
@@ -62,9 +61,9 @@ pub fn set_worker(index: usize) {
 /// The shared upstream clients. Cloning is cheap and shares the pools.
 #[derive(Clone)]
 pub struct Upstream {
-    /// One pooled client per worker thread, plus one for every other thread.
-    clients: Arc<[HttpsClient]>,
-    guarded: Arc<[HttpsClient]>,
+    /// One connection pool per worker thread, plus one for every other thread.
+    clients: Arc<[Arc<Pool>]>,
+    guarded: Arc<[Arc<Pool>]>,
     /// `[upstream] max_in_flight`, split evenly over the client sets: a permit per request in
     /// flight, held until its answer has been read, so connections stay bounded.
     in_flight: Arc<[Arc<Semaphore>]>,
@@ -98,15 +97,13 @@ impl Upstream {
             ..dialer.clone()
         };
         let client = |dialer: Dialer| {
-            let connector = hyper_rustls::HttpsConnectorBuilder::new()
-                .with_tls_config(tls.clone())
-                .https_or_http()
-                .enable_http1()
-                .wrap_connector(dialer);
-            Client::builder(TokioExecutor::new())
-                .pool_idle_timeout(Duration::from_secs(60))
-                .pool_max_idle_per_host(256)
-                .build(connector)
+            Pool::new(
+                hyper_rustls::HttpsConnectorBuilder::new()
+                    .with_tls_config(tls.clone())
+                    .https_or_http()
+                    .enable_http1()
+                    .wrap_connector(dialer),
+            )
         };
         let sets = workers.max(1) + 1;
         let share = settings.max_in_flight.div_ceil(workers.max(1)).max(1);
@@ -164,28 +161,22 @@ impl Upstream {
 
     async fn send_with(
         &self,
-        client: &HttpsClient,
+        pool: &Arc<Pool>,
         in_flight: &Arc<Semaphore>,
         req: Request<UpstreamBody>,
     ) -> Result<Response<ResponseBody>, UpstreamError> {
         let exchange = async {
             // The semaphore is never closed, so this only waits.
             let permit = Arc::clone(in_flight).acquire_owned().await.ok();
-            client.request(req).await.map(|resp| (resp, permit))
+            pool.send(req, permit).await
         };
         match tokio::time::timeout(self.request_timeout, exchange).await {
             Err(_) => Err(UpstreamError::Timeout(self.request_timeout)),
-            Ok(Ok((resp, permit))) => Ok(resp.map(|body: Incoming| {
-                Holding {
-                    inner: body,
-                    _permit: permit,
-                }
-                .boxed()
-            })),
-            Ok(Err(e)) => match find_denied(&e) {
+            Ok(Ok(resp)) => Ok(resp.map(BodyExt::boxed)),
+            Ok(Err(e)) => match find_denied(&*e) {
                 Some(denied) => Err(UpstreamError::Denied(denied.clone())),
                 None => Err(UpstreamError::Connect {
-                    reason: describe_client_error(&e),
+                    reason: describe_client_error(&*e),
                 }),
             },
         }
@@ -259,13 +250,6 @@ impl Upstream {
     }
 }
 
-/// An upstream answer's body that holds its in-flight permit until it is read to the end or
-/// dropped: until then its connection is busy.
-struct Holding {
-    inner: Incoming,
-    _permit: Option<OwnedSemaphorePermit>,
-}
-
 impl Exchange for Upstream {
     fn exchange<'a>(
         &'a self,
@@ -283,26 +267,6 @@ impl Exchange for Upstream {
 
 /// What a marketplace command reads of an answer at most (an eBay signing key is about 3 KiB).
 const MAX_TOOL_ANSWER_BYTES: usize = 1 << 20;
-
-impl hyper::body::Body for Holding {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.inner.size_hint()
-    }
-}
 
 /// The calling thread's entry (client, limit): its worker's, or the last for any other thread.
 fn pick<T>(clients: &[T]) -> &T {
@@ -334,7 +298,7 @@ pub fn client_tls_config(
 }
 
 /// Flattens an error chain into one sentence, with a hint for the usual TLS trust problem.
-fn describe_client_error(e: &hyper_util::client::legacy::Error) -> String {
+fn describe_client_error(e: &(dyn std::error::Error + 'static)) -> String {
     let mut parts = vec![e.to_string()];
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
