@@ -521,8 +521,8 @@ impl From<EgressError> for io::Error {
 }
 
 /// Finds an [`EgressDenied`] anywhere in `e`'s source chain, including inside an `io::Error`'s
-/// payload: `io::Error::source()` skips its payload and goes to the payload's source, and
-/// hyper-util's client wraps connector errors, so a plain `source()` walk would miss it.
+/// payload: `io::Error::source()` skips its payload and goes to the payload's source, and the
+/// TLS connector boxes the dialler's `io::Error`, so a plain `source()` walk would miss it.
 pub fn find_denied<'a>(e: &'a (dyn StdError + 'static)) -> Option<&'a EgressDenied> {
     // A bound instead of trust: a buggy `source()` that returns itself must not hang a request.
     const MAX_DEPTH: usize = 64;

@@ -760,6 +760,31 @@ fn free_port() -> u16 {
 /// Kills the `run` child when the test ends, pass or fail.
 struct Child(std::process::Child);
 
+/// `signproxy run --config CONFIG`, once its inbound listener on `port` takes connections.
+async fn run_until_listening(config: &std::path::Path, port: u16) -> Child {
+    let run = Child(
+        std::process::Command::new(env!("CARGO_BIN_EXE_signproxy"))
+            .args(["run", "--config"])
+            .arg(config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the listener never came up"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    run
+}
+
 impl Drop for Child {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -817,26 +842,7 @@ profile = "tiktok.default"
         "{}",
         String::from_utf8_lossy(&check.stdout)
     );
-    let _run = Child(
-        std::process::Command::new(bin)
-            .args(["run", "--config"])
-            .arg(&config_path)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while tokio::net::TcpStream::connect(("127.0.0.1", inbound_port))
-        .await
-        .is_err()
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the listener never came up"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let _run = run_until_listening(&config_path, inbound_port).await;
     let send_path = config_path.clone();
     let send = move |extra: &[&str]| {
         let out = std::process::Command::new(bin)
@@ -999,24 +1005,7 @@ async fn sighup_applies_a_rotated_secret_and_a_new_forward_to() {
     let old = dir.path().join("old.toml");
     std::fs::write(&live, config(OLD_SECRET, old_addr)).unwrap();
     std::fs::write(&old, config(OLD_SECRET, old_addr)).unwrap();
-    let bin = env!("CARGO_BIN_EXE_signproxy");
-    let run = Child(
-        std::process::Command::new(bin)
-            .args(["run", "--config"])
-            .arg(&live)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while tokio::net::TcpStream::connect(("127.0.0.1", inbound_port))
-        .await
-        .is_err()
-    {
-        assert!(std::time::Instant::now() < deadline, "no listener");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let run = run_until_listening(&live, inbound_port).await;
     // `webhook send` signs with the secret of the config it reads.
     fn send(config: &std::path::Path) -> String {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_signproxy"))

@@ -431,6 +431,48 @@ async fn upstream_connections_are_pooled_and_reused() {
     );
 }
 
+/// A connection comes back to the pool only when its answer has ended and it can take another
+/// request: after an empty answer (204, HEAD) and a chunked one it is reused; after the server
+/// said `Connection: close`, the next request gets a new one and still succeeds.
+#[tokio::test]
+async fn pooled_connections_survive_empty_chunked_and_closing_answers() {
+    let (ca, upstream, proxy) = setup().await;
+    let client = reqwest_via_proxy(proxy.addr, &ca.ca_pem());
+    upstream.push_behaviour(Behaviour::respond(204, "application/json", b""));
+    upstream.push_behaviour(Behaviour::echo());
+    upstream.push_behaviour(Behaviour::echo().with_chunked());
+    upstream.push_behaviour(Behaviour::echo());
+    let url = |i: usize| format!("http://{HOST}/api/products?i={i}");
+    let r = client.get(url(0)).send().await.unwrap();
+    assert_eq!(r.status(), 204);
+    let r = client.head(url(1)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let r = client.get(url(2)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.bytes().await.unwrap().len() > 10, "the chunked echo");
+    let r = client.get(url(3)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    r.bytes().await.unwrap();
+    assert_eq!(
+        upstream.connections_accepted(),
+        1,
+        "one connection for an empty, a HEAD, a chunked and a plain answer"
+    );
+
+    upstream.push_behaviour(Behaviour::echo().with_close());
+    for i in 4..6 {
+        let r = client.get(url(i)).send().await.unwrap();
+        assert_eq!(r.status(), 200, "request {i}");
+        r.bytes().await.unwrap();
+    }
+    assert_eq!(upstream.requests().len(), 6);
+    assert_eq!(
+        upstream.connections_accepted(),
+        2,
+        "a new connection after the server closed its own"
+    );
+}
+
 #[tokio::test]
 async fn passthrough_host_is_forwarded_unchanged_over_plain_http() {
     let ca = TestCa::new();

@@ -67,6 +67,8 @@ impl World {
             let host = r.host_name().unwrap_or_default();
             let mut ep = e.lock().unwrap();
             if host == "auth.tiktok-shops.com" && r.path() == "/api/v2/token/refresh" {
+                // As the token URL names it: no default port, nothing else.
+                assert_eq!(r.header_str("host"), Some("auth.tiktok-shops.com"));
                 ep.seen
                     .push(r.query_param("refresh_token").unwrap_or_default());
                 assert_eq!(

@@ -52,29 +52,55 @@ impl Pool {
         self.idle.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The most recently used live connection to `to`.
+    /// The most recently used connection to `to` that is open and ready for a request.
     fn take(&self, to: &Destination) -> Option<SendRequest<UpstreamBody>> {
         let mut idle = self.idle();
         let list = idle.get_mut(to)?;
+        let mut found = None;
         while let Some(c) = list.pop() {
-            if !c.sender.is_closed() && c.since.elapsed() < IDLE_TIMEOUT {
-                return Some(c.sender);
+            if c.sender.is_ready() && c.since.elapsed() < IDLE_TIMEOUT {
+                found = Some(c.sender);
+                break;
             }
         }
-        None
+        if list.is_empty() {
+            idle.remove(to);
+        }
+        found
     }
 
-    fn put_back(&self, to: Destination, sender: SendRequest<UpstreamBody>) {
+    /// Pools a connection once it is ready for another request. It may still be writing its
+    /// request when the answer has ended (the server answered an upload early): then a task
+    /// waits for it, as hyper-util's pool did, so no request ever waits behind another.
+    fn put_back(self: &Arc<Self>, to: Destination, mut sender: SendRequest<UpstreamBody>) {
         if sender.is_closed() {
             return;
         }
+        if sender.is_ready() {
+            return self.push(to, sender);
+        }
+        let pool = Arc::downgrade(self);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Ok(Ok(())) = tokio::time::timeout(IDLE_TIMEOUT, sender.ready()).await {
+                    if let Some(pool) = pool.upgrade() {
+                        pool.push(to, sender);
+                    }
+                }
+            });
+        }
+    }
+
+    fn push(&self, to: Destination, sender: SendRequest<UpstreamBody>) {
         let mut idle = self.idle();
         let list = idle.entry(to).or_default();
+        // Oldest first: what outlived the idle timeout goes now rather than when its
+        // destination is next used (closed ones go when `take` meets them).
+        let now = Instant::now();
+        let stale = list.partition_point(|c| now.duration_since(c.since) >= IDLE_TIMEOUT);
+        list.drain(..stale);
         if list.len() < MAX_IDLE_PER_DESTINATION {
-            list.push(Idle {
-                sender,
-                since: Instant::now(),
-            });
+            list.push(Idle { sender, since: now });
         }
     }
 
@@ -85,9 +111,10 @@ impl Pool {
         let io = connector.call(uri.clone()).await?;
         let (sender, connection) = hyper::client::conn::http1::handshake(io).await?;
         tokio::spawn(async move {
-            // Its end (the server closed it, or its last sender went) needs no handling: the
-            // pool drops closed senders.
-            let _ = connection.await;
+            // The pool drops closed senders; the cause is only worth a debug line.
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "upstream connection ended");
+            }
         });
         Ok(sender)
     }
@@ -107,7 +134,15 @@ impl Pool {
             .ok_or("the upstream URL has no host")?;
         let https = uri.scheme_str() != Some("http");
         if !req.headers().contains_key(header::HOST) {
-            let value = HeaderValue::from_str(authority.as_str())?;
+            // As hyper-util wrote it: the host, and the port only when it is not the default
+            // (never the URL's userinfo).
+            let host = uri.host().ok_or("the upstream URL has no host")?;
+            let value = match uri.port_u16() {
+                Some(port) if port != if https { 443 } else { 80 } => {
+                    HeaderValue::from_str(&format!("{host}:{port}"))?
+                }
+                _ => HeaderValue::from_str(host)?,
+            };
             req.headers_mut().insert(header::HOST, value);
         }
         *req.uri_mut() = Uri::from(
