@@ -347,7 +347,11 @@ fn marketplace_tool(
     };
     let mut upstream = Upstream::new(&config.upstream, egress, 1).map_err(|e| e.to_string())?;
     if args.get_flag("sandbox") || config.sandbox.enabled {
-        let sandbox = Sandbox::new(Arc::clone(&config), crate::clock::system(), Arc::default());
+        // Only this profile's stand-in answers: of several serving a host, the first would.
+        let mut only = load(args.get_one::<PathBuf>("config").cloned())?;
+        only.profiles
+            .retain(|p| p.kind == id && p.name == profile.name);
+        let sandbox = Sandbox::new(Arc::new(only), crate::clock::system(), Arc::default());
         upstream = upstream.with_sandbox(Arc::new(sandbox));
     }
     let hosts: Vec<String> = profile.hosts.iter().map(|h| h.to_string()).collect();
@@ -599,6 +603,13 @@ async fn serve(path: PathBuf, config: Arc<Config>, sandbox_flag: bool) -> Result
             Ok(mut running) => running.push(Arc::clone(&inbound)),
             Err(poisoned) => poisoned.into_inner().push(Arc::clone(&inbound)),
         }
+        // A SIGHUP may have come between the start and this registration: catch up with it.
+        let current = proxy.state().config.clone();
+        if let Some(now) = current.inbound.iter().find(|i| i.name == settings.name) {
+            for note in inbound.reload(Arc::new(now.clone())) {
+                tracing::warn!("{note}");
+            }
+        }
         let mut stopped = stopped_rx.clone();
         tokio::spawn(crate::inbound::serve(listener, inbound, async move {
             let _ = stopped.wait_for(|s| *s).await;
@@ -633,9 +644,12 @@ fn shared_dedupe_store(
     if let Some(store) = proxy.state().tokens.shared_redis() {
         return Ok(Some(store));
     }
-    crate::token::redis_store::RedisStore::new(settings)
-        .map(|store| Some(Arc::new(store)))
-        .map_err(|e| e.to_string())
+    let store = crate::token::redis_store::RedisStore::new(settings)
+        .map(Arc::new)
+        .map_err(|e| e.to_string())?;
+    let warming = Arc::clone(&store);
+    tokio::spawn(async move { warming.warm_up().await });
+    Ok(Some(store))
 }
 
 /// Where managed tokens are kept (never the Redis URL's credentials).
@@ -782,11 +796,9 @@ fn reload_inbound(running: &InboundListeners, config: &Config) -> Vec<String> {
     let mut notes = Vec::new();
     for listener in running {
         let name = listener.settings().name.clone();
-        match config.inbound.iter().find(|i| i.name == name) {
-            Some(new) => notes.extend(listener.reload(Arc::new(new.clone()))),
-            None => notes.push(format!(
-                "[inbound.{name}] was removed: it keeps serving until the next restart"
-            )),
+        // A removed listener is said once, with the other restart-only changes.
+        if let Some(new) = config.inbound.iter().find(|i| i.name == name) {
+            notes.extend(listener.reload(Arc::new(new.clone())));
         }
     }
     notes

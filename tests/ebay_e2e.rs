@@ -690,7 +690,7 @@ fn created_expires() -> u64 {
 
 /// A test Key Management API: the token endpoint grants [`APP_TOKEN`]; `POST signing_key`
 /// answers a key of the cipher asked for (or `refusal`, when given).
-fn key_management(upstream: &TestUpstream, refusal: Option<Behaviour>) {
+fn key_management(upstream: &TestUpstream, refusal: Option<Behaviour>) -> u64 {
     let made = std::sync::atomic::AtomicUsize::new(0);
     let expires = created_expires();
     upstream.set_handler(move |r: &Received| {
@@ -725,6 +725,7 @@ fn key_management(upstream: &TestUpstream, refusal: Option<Behaviour>) {
         });
         Some(Behaviour::json(201, &answer.to_string()))
     });
+    expires
 }
 
 struct KeyWorld {
@@ -734,6 +735,8 @@ struct KeyWorld {
     state: std::path::PathBuf,
     config_path: std::path::PathBuf,
     ca_path: std::path::PathBuf,
+    /// The expirationTime the test API states.
+    expires: u64,
 }
 
 impl KeyWorld {
@@ -742,7 +745,7 @@ impl KeyWorld {
         let ca = TestCa::new();
         let upstream =
             TestUpstream::start(&ca, Verifier::ebay(EbayTestKey::rfc9421_ed25519().public));
-        key_management(&upstream, refusal);
+        let expires = key_management(&upstream, refusal);
         let dir = tempfile::tempdir().unwrap();
         let state = dir.path().join("state");
         let ca_path = ca.write_ca_pem(dir.path());
@@ -753,6 +756,7 @@ impl KeyWorld {
             state,
             config_path,
             ca_path: ca_path.clone(),
+            expires,
             _dir: dir,
         };
         world.write_config(
@@ -911,11 +915,7 @@ async fn create_key_writes_private_files_prints_the_profile_lines_and_no_secret(
             "private_key = {{ file = {:?} }}\njwe = {{ file = {:?} }}\nkey_expires_at = {}\n",
             key_path.to_string_lossy(),
             jwe_path.to_string_lossy(),
-            lines
-                .lines()
-                .last()
-                .unwrap()
-                .trim_start_matches("key_expires_at = "),
+            world.expires,
         ),
         "{stdout}"
     );

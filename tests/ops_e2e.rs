@@ -2436,3 +2436,32 @@ async fn a_signing_key_near_its_expiry_is_warned_about_at_start_up_and_in_readyz
         "{stderr}"
     );
 }
+
+/// An eBay profile without its signing key yet (before `create-key`) asks eBay for nothing, not
+/// even at start-up or for `/readyz`, and does not make the proxy unready.
+#[tokio::test]
+async fn a_keyless_ebay_profile_asks_for_no_token_and_leaves_readiness_alone() {
+    let ca = TestCa::new();
+    let upstream = TestUpstream::start(&ca, Verifier::ebay(EbayTestKey::rfc9421_ed25519().public));
+    let profiles =
+        "[ebay.default]\nclient_id = \"App-PRD-keyless\"\nclient_secret = \"keyless-secret\"\n";
+    let bin = Binary::start(
+        &template("", "", profiles),
+        &ca,
+        &connect_to(&upstream, &[]),
+    )
+    .await;
+    let (status, _, body) = bin.admin_get("/readyz").await;
+    assert_eq!(status, 200, "{body}");
+    let ready: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(ready["ready"], true, "{ready}");
+    assert!(
+        ready["checks"]["tokens"].get("ebay.default").is_none(),
+        "{ready}"
+    );
+    assert_eq!(
+        upstream.connections_accepted(),
+        0,
+        "nothing was asked of eBay"
+    );
+}

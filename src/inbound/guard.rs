@@ -126,7 +126,9 @@ pub struct Claim<'a> {
 impl Claim<'_> {
     /// Accepted ids become duplicates; others are released for the next copy. A shared store
     /// that fails here is logged, not answered: the app's answer stands either way.
-    pub async fn settle(&mut self, accepted: bool) {
+    /// `wait`: how long the answer may wait for a shared store's write (what is left of the
+    /// route's deadline); the write goes on without it.
+    pub async fn settle(&mut self, accepted: bool, wait: Duration) {
         if self.settled {
             return;
         }
@@ -157,7 +159,9 @@ impl Claim<'_> {
             self.shared_claim.clone().unwrap_or_default(),
             accepted.then_some(shared.retention),
         ));
-        let _ = tokio::time::timeout(REPLAY_CHECK_TIMEOUT, task).await;
+        if !wait.is_zero() {
+            let _ = tokio::time::timeout(wait.min(REPLAY_CHECK_TIMEOUT), task).await;
+        }
     }
 }
 
@@ -237,7 +241,7 @@ mod tests {
         let Begun::New(mut claim) = begin(&guard).await else {
             panic!("released")
         };
-        claim.settle(true).await;
+        claim.settle(true, REPLAY_CHECK_TIMEOUT).await;
         drop(claim);
         assert!(matches!(begin(&guard).await, Begun::Duplicate));
     }
@@ -248,7 +252,7 @@ mod tests {
         let Begun::New(mut claim) = begin(&guard).await else {
             panic!("new")
         };
-        claim.settle(false).await;
+        claim.settle(false, REPLAY_CHECK_TIMEOUT).await;
         // Settled once: dropping it changes nothing more.
         drop(claim);
         assert!(matches!(begin(&guard).await, Begun::New(_)));

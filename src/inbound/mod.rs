@@ -357,7 +357,7 @@ async fn handle_route(
         body,
     );
     let Some(forwarded) = forwarded else {
-        claim.settle(false).await;
+        claim.settle(false, Duration::ZERO).await;
         return with_id(answer(StatusCode::INTERNAL_SERVER_ERROR, "bad_forward_url"));
     };
     let exchange = async {
@@ -372,16 +372,18 @@ async fn handle_route(
     };
     match tokio::time::timeout(route.deadline.saturating_sub(started.elapsed()), exchange).await {
         Err(_) => {
-            claim.settle(false).await;
+            claim.settle(false, Duration::ZERO).await;
             with_id(answer(StatusCode::GATEWAY_TIMEOUT, "timeout"))
         }
         Ok(Err(())) => {
-            claim.settle(false).await;
+            claim.settle(false, Duration::ZERO).await;
             with_id(answer(StatusCode::BAD_GATEWAY, "app_unreachable"))
         }
         Ok(Ok((head, body))) => {
             let accepted = head.status.is_success();
-            claim.settle(accepted).await;
+            claim
+                .settle(accepted, route.deadline.saturating_sub(started.elapsed()))
+                .await;
             let mut response = Response::new(Full::new(body));
             *response.status_mut() = head.status;
             for (name, value) in &head.headers {

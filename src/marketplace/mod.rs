@@ -257,6 +257,11 @@ pub trait Sign: Send + Sync + fmt::Debug {
     /// The string-to-sign or signature base with every secret masked. Only computed when asked
     /// (`sign --explain`, diagnostics): never on the proxy's hot path.
     fn explain(&self, input: SignInput<'_>) -> Result<String, SignError>;
+    /// False for a profile that refuses every request until it is completed (an eBay profile
+    /// before `create-key`): signproxy then fetches no token for it, and readiness leaves it out.
+    fn can_sign(&self) -> bool {
+        true
+    }
     /// When the signing credential stops working (eBay's signing keys last three years), for
     /// the start-up and `/readyz` warnings. Default: it does not expire.
     fn credential_expiry(&self) -> Option<CredentialExpiry> {

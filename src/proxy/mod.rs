@@ -381,6 +381,23 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
         inbound(old) != inbound(new),
         "the set of [inbound.NAME] listeners",
     );
+    if !new.inbound.is_empty() {
+        // What running listeners took at start-up besides their own table.
+        let store = |c: &Config| match &c.store {
+            crate::config::StoreSettings::File => String::new(),
+            crate::config::StoreSettings::Redis(r) => {
+                format!("{}\n{}", r.url.expose(), r.key_prefix)
+            }
+        };
+        note(
+            store(old) != store(new) || old.sandbox.enabled != new.sandbox.enabled,
+            "store or sandbox.enabled, for inbound de-duplication,",
+        );
+        note(
+            old.upstream.extra_roots != new.upstream.extra_roots,
+            "upstream.ca_file, for an inbound forward_to over https,",
+        );
+    }
     notes
 }
 

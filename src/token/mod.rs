@@ -258,10 +258,13 @@ impl TokenManager {
         previous: Option<&TokenManager>,
         now: Timestamp,
     ) -> Result<(TokenManager, Vec<String>), TokenError> {
+        // A profile that refuses every request until it is completed (an eBay profile without
+        // its key) gets no token: nothing is asked of the marketplace for it, and readiness
+        // leaves it out.
         let managed: Vec<&Arc<Profile>> = config
             .profiles
             .iter()
-            .filter(|p| p.token.is_managed())
+            .filter(|p| p.token.is_managed() && p.signer.can_sign())
             .collect();
         let mut warnings = Vec::new();
         let reusable_store = previous

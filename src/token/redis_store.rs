@@ -114,6 +114,14 @@ impl RedisStore {
         }
     }
 
+    /// Connects now, so that a first caller with a short deadline of its own (an inbound
+    /// event's replay check) does not give up mid-connect, again and again.
+    pub async fn warm_up(&self) {
+        if let Err(e) = self.connection().await {
+            tracing::warn!(error = %e, "the shared store is not reachable yet");
+        }
+    }
+
     async fn connection(&self) -> Result<ConnectionManager, StoreError> {
         let mut held = self.connection.lock().await;
         if let Some(manager) = &held.manager {

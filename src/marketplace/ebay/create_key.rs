@@ -147,7 +147,8 @@ fn earlier_keys(state_dir: &Path, profile: &str) -> Vec<PathBuf> {
 
 async fn create_key(cx: ToolContext<'_>, cipher: Cipher, force: bool) -> Result<String, String> {
     // Checked before eBay makes a key: a key made and then not kept would be lost for good.
-    let earlier = earlier_keys(cx.state_dir, cx.profile);
+    let prefix = file_name_part(cx.profile);
+    let earlier = earlier_keys(cx.state_dir, &prefix);
     if let (Some(last), false) = (earlier.last(), force) {
         return Err(format!(
             "{} holds a signing key create-key made for [{}] before: pass --force to create \
@@ -156,6 +157,7 @@ async fn create_key(cx: ToolContext<'_>, cipher: Cipher, force: bool) -> Result<
             cx.profile
         ));
     }
+    probe_writable(cx.state_dir)?;
     let (token, sandbox) = application_token(&cx).await?;
     let host = if sandbox {
         "apiz.sandbox.ebay.com"
@@ -188,25 +190,41 @@ async fn create_key(cx: ToolContext<'_>, cipher: Cipher, force: bool) -> Result<
         "eBay's Key Management API answered without a privateKey: it returns one only when a key \
          is created; create another",
     )?;
-    let jwe = created
-        .jwe
-        .as_deref()
-        .map(str::trim)
-        .filter(|j| !j.is_empty())
-        .ok_or("eBay's Key Management API answered without a jwe")?
-        .to_owned();
-    let pem = Zeroizing::new(pem_of(&private_key));
-    let key = load_private_key(&pem).map_err(|e| {
-        format!("the privateKey eBay returned does not load ({e}); nothing was written")
-    })?;
-    let stem = format!("{}.signing-key.{}", cx.profile, created.file_id());
+    let stem = format!("{prefix}.signing-key.{}", created.file_id());
     let absolute = |name: String| {
         let path = cx.state_dir.join(name);
         std::path::absolute(&path).unwrap_or(path)
     };
     let key_path = absolute(format!("{stem}.pem"));
     let jwe_path = absolute(format!("{stem}.jwe"));
-    write_private(&key_path, pem.as_bytes())?;
+    // eBay's only copy of the private key goes to disk first, whatever else is wrong with the
+    // answer: as PEM when it is base64, else as it came.
+    let pem = Zeroizing::new(pem_of(&private_key));
+    let loaded = load_private_key(&pem);
+    let kept: &str = if loaded.is_ok() { &pem } else { &private_key };
+    write_private(&key_path, kept.as_bytes())?;
+    let id = created.signing_key_id.as_deref().unwrap_or("(no id given)");
+    let key = loaded.map_err(|e| {
+        format!(
+            "eBay made key {id}, but its privateKey does not load ({e}); it is kept as eBay \
+             sent it in {}",
+            key_path.display()
+        )
+    })?;
+    let jwe = created
+        .jwe
+        .as_deref()
+        .map(str::trim)
+        .filter(|j| !j.is_empty())
+        .ok_or_else(|| {
+            format!(
+                "eBay made key {id} without a jwe; the private key is in {}: fetch the jwe with \
+                 GET /developer/key_management/v1/signing_key/{id} and put it in {}",
+                key_path.display(),
+                jwe_path.display()
+            )
+        })?
+        .to_owned();
     write_private(&jwe_path, jwe.as_bytes())?;
     let mut out = report(&cx, &created, key.algorithm(), &key_path, &jwe_path);
     if !key
@@ -220,6 +238,38 @@ async fn create_key(cx: ToolContext<'_>, cipher: Cipher, force: bool) -> Result<
         ));
     }
     Ok(out)
+}
+
+/// `name` as a file name part: letters, digits, `.`, `-` and `_` kept, anything else (a `/` in a
+/// quoted TOML table name, say) made `_`.
+fn file_name_part(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// Fails before eBay is asked for a key when the state folder cannot take the files.
+fn probe_writable(dir: &Path) -> Result<(), String> {
+    let probe = dir.join(format!(".create-key-probe.{}", std::process::id()));
+    let created = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&probe);
+    let _ = fs::remove_file(&probe);
+    created.map(drop).map_err(|e| {
+        format!(
+            "cannot write into the state folder {} ({e}): fix that first, eBay keeps no copy of \
+             the key it makes",
+            dir.display()
+        )
+    })
 }
 
 /// The profile's static token as it is, or a fresh application token (client credentials); and

@@ -139,8 +139,12 @@ impl StandIn for EbayStandIn {
     }
 }
 
-/// The operating system's randomness (through ring) for the `rsa` crate's key generation.
-struct SystemRng(ring::rand::SystemRandom);
+/// The operating system's randomness (through ring) for the `rsa` crate's key generation. Its
+/// infallible fill cannot report a failure: it records one, and the key made is thrown away.
+struct SystemRng {
+    random: ring::rand::SystemRandom,
+    failed: bool,
+}
 
 impl rsa::rand_core::RngCore for SystemRng {
     fn next_u32(&mut self) -> u32 {
@@ -156,15 +160,13 @@ impl rsa::rand_core::RngCore for SystemRng {
     }
 
     fn fill_bytes(&mut self, dest: &mut [u8]) {
-        // This method cannot fail; the system's randomness fails only before it is seeded at
-        // boot, so waiting for it is the honest answer.
-        while self.try_fill_bytes(dest).is_err() {
-            std::thread::yield_now();
+        if self.try_fill_bytes(dest).is_err() {
+            self.failed = true;
         }
     }
 
     fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), rsa::rand_core::Error> {
-        ring::rand::SecureRandom::fill(&self.0, dest).map_err(|_| {
+        ring::rand::SecureRandom::fill(&self.random, dest).map_err(|_| {
             rsa::rand_core::Error::from(
                 std::num::NonZeroU32::new(rsa::rand_core::Error::CUSTOM_START)
                     .unwrap_or(std::num::NonZeroU32::MIN),
@@ -236,6 +238,30 @@ impl EbayStandIn {
         cx: &SandboxContext<'_>,
     ) -> Result<Value, Refusal> {
         self.check_token(req, cx)?;
+        // As eBay: only an application token of this app, which this sandbox granted (the API
+        // calls accept any token they did not grant, for code that brings its own).
+        let bearer = req
+            .header("authorization")
+            .and_then(|a| a.strip_prefix("Bearer ").map(str::to_owned))
+            .unwrap_or_default();
+        if !matches!(
+            cx.tokens.check(
+                TokenKind::Access,
+                ACCESS_PREFIX,
+                &self.app(),
+                &bearer,
+                cx.now
+            ),
+            TokenCheck::Valid { .. }
+        ) {
+            return Err(refuse(
+                StatusCode::UNAUTHORIZED,
+                1001,
+                "Invalid access token",
+                "Invalid access token. The Key Management API takes an application token this \
+                 sandbox granted to this app (client_id + client_secret in the profile)",
+            ));
+        }
         let asked: Value = serde_json::from_slice(&req.body).unwrap_or(Value::Null);
         let cipher = asked["signingKeyCipher"].as_str().unwrap_or_default();
         let unmade = |why: &str| {
@@ -254,8 +280,15 @@ impl EbayStandIn {
                 .to_vec(),
             "RSA" => {
                 use rsa::pkcs8::EncodePrivateKey as _;
-                let key = rsa::RsaPrivateKey::new(&mut SystemRng(random.clone()), 2048)
-                    .map_err(|e| unmade(&e.to_string()))?;
+                let mut rng = SystemRng {
+                    random: random.clone(),
+                    failed: false,
+                };
+                let key =
+                    rsa::RsaPrivateKey::new(&mut rng, 2048).map_err(|e| unmade(&e.to_string()))?;
+                if rng.failed {
+                    return Err(unmade("no randomness"));
+                }
                 key.to_pkcs8_der()
                     .map_err(|e| unmade(&e.to_string()))?
                     .as_bytes()

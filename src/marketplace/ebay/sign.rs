@@ -61,6 +61,10 @@ impl Sign for Keyless {
         TokenNeed::None
     }
 
+    fn can_sign(&self) -> bool {
+        false
+    }
+
     fn sign(&self, input: SignInput<'_>) -> Result<RequestHead, SignError> {
         if is_token_endpoint(input.head.path()) {
             return Ok(input.head.clone());
