@@ -970,4 +970,58 @@ MC4CAQAwBQYDK2VwBCIEIJ+DYvh6SEqVTm50DFtMDoQikTmiCqirVv9mWG9qfSnF
             "{body}"
         );
     }
+
+    /// The Key Management stand-in makes a key that loads, for an application token it granted
+    /// to this app, and refuses any other token.
+    #[test]
+    fn signing_keys_are_made_only_for_a_token_this_sandbox_granted() {
+        let book = TokenBook::new();
+        let now = VECTOR_CREATED;
+        let mut headers = HeaderMap::new();
+        let basic = format!("Basic {}", STANDARD.encode("App-PRD-1:cert-secret"));
+        headers.insert("authorization", basic.parse().unwrap());
+        let grant_request = SandboxRequest {
+            method: Method::POST,
+            host: "api.ebay.com".into(),
+            authority: "api.ebay.com".into(),
+            path: DEFAULT_TOKEN_PATH.into(),
+            query: None,
+            headers,
+            body: Bytes::from_static(b"grant_type=client_credentials"),
+        };
+        let (status, grant) = answer(&grant_request, &book, now);
+        assert_eq!(status, 200, "{grant}");
+        let key_request = |token: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert("authorization", format!("Bearer {token}").parse().unwrap());
+            SandboxRequest {
+                method: Method::POST,
+                host: "apiz.ebay.com".into(),
+                authority: "apiz.ebay.com".into(),
+                path: KEY_MANAGEMENT_PATH.into(),
+                query: None,
+                headers,
+                body: Bytes::from_static(br#"{"signingKeyCipher":"ED25519"}"#),
+            }
+        };
+        let (status, made) = answer(
+            &key_request(grant["access_token"].as_str().unwrap()),
+            &book,
+            now,
+        );
+        assert_eq!(status, 200, "{made}");
+        let private = made["privateKey"].as_str().unwrap();
+        assert_eq!(load_private_key(private).unwrap().algorithm(), "ed25519");
+        assert_eq!(made["expirationTime"], now + KEY_LIFETIME_SECS);
+        assert!(made["jwe"].as_str().unwrap().starts_with("sandbox-jwe."));
+
+        for foreign in ["v^1.1#i^1#someone-elses-token", "plain-static-token"] {
+            let (status, refused) = answer(&key_request(foreign), &book, now);
+            assert_eq!(
+                (status, refused["errors"][0]["errorId"].as_u64()),
+                (401, Some(1001)),
+                "{refused}"
+            );
+        }
+    }
 }
