@@ -323,7 +323,7 @@ fn marketplace_tool(
         .iter()
         .find(|t| t.command().get_name() == name)
         .ok_or_else(|| format!("`signproxy {id}` has no command `{name}`"))?;
-    let config = Arc::new(load(args.get_one::<PathBuf>("config").cloned())?);
+    let config = load(args.get_one::<PathBuf>("config").cloned())?;
     let wanted = args
         .get_one::<String>("profile")
         .map(String::as_str)
@@ -333,8 +333,9 @@ fn marketplace_tool(
         .iter()
         .find(|p| p.kind == id && (p.name == wanted || p.qualified_name() == wanted))
         .ok_or_else(|| {
+            let table = wanted.strip_prefix(&format!("{id}.")).unwrap_or(wanted);
             format!(
-                "no [{id}.{wanted}] profile in {}: add one (the command uses its credentials)",
+                "no [{id}.{table}] profile in {}: add one (the command uses its credentials)",
                 config.source.display()
             )
         })?;
