@@ -807,19 +807,6 @@ impl KeyWorld {
     }
 }
 
-/// The lines create-key tells the user to put in the profile.
-fn printed_profile_lines(stdout: &str) -> String {
-    stdout
-        .lines()
-        .filter(|l| {
-            l.starts_with("private_key = ")
-                || l.starts_with("jwe = ")
-                || l.starts_with("key_expires_at = ")
-        })
-        .map(|l| format!("{l}\n"))
-        .collect()
-}
-
 fn mode(path: &std::path::Path) -> u32 {
     use std::os::unix::fs::PermissionsExt as _;
     std::fs::metadata(path).unwrap().permissions().mode() & 0o777

@@ -787,15 +787,7 @@ async fn create_key_under_the_sandbox_makes_a_key_its_stand_in_then_verifies() {
         let stdout = String::from_utf8(out.stdout).unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "{cipher}: {stdout}\n{stderr}");
-        let lines: String = stdout
-            .lines()
-            .filter(|l| {
-                ["private_key = ", "jwe = ", "key_expires_at = "]
-                    .iter()
-                    .any(|k| l.starts_with(k))
-            })
-            .map(|l| format!("{l}\n"))
-            .collect();
+        let lines = common::printed_profile_lines(&stdout);
         assert_eq!(lines.lines().count(), 3, "{stdout}");
         assert!(!stdout.contains("sandbox-secret-77"), "{stdout}");
 

@@ -37,3 +37,16 @@ pub use upstream::{
     UPSTREAM_NAMES,
 };
 pub use verify::{content_digest, verify_ebay, verify_tiktok, Verifier};
+
+/// The profile lines `signproxy ebay create-key` tells the user to add, as printed.
+pub fn printed_profile_lines(stdout: &str) -> String {
+    stdout
+        .lines()
+        .filter(|l| {
+            ["private_key = ", "jwe = ", "key_expires_at = "]
+                .iter()
+                .any(|k| l.starts_with(k))
+        })
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
